@@ -1,0 +1,12 @@
+"""The one place that silences torch.ao.quantization's deprecation warnings.
+
+torch 2.13 warns on every use of the eager/FX quantization APIs that they move to torchao.
+They still work, and this tool uses them deliberately; one filter here keeps the CLI, the tests
+and the dashboard readable without hiding any other warning.
+"""
+
+import warnings
+
+warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*deprecated.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.ao\..*")
