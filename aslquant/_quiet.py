@@ -10,3 +10,7 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*deprecated.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.ao\..*")
+# Deprecation notices torch 2.13 raises as UserWarning from inside torch.ao and its kernels.
+warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated.*")
+warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated.*")
+warnings.filterwarnings("ignore", message=r".*Please use quant_min and quant_max.*")

@@ -1,0 +1,5 @@
+import sys
+
+from aslquant.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""RunResult -> report.json and report.md (the CLI's and the dashboard's shared output).
+
+The JSON keys are a contract: tests and CI gates read them. The Markdown is for people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from aslquant import __version__
+from aslquant.errors import InputError
+from aslquant.run import RunResult
+
+
+def _clean(value):
+    """JSON-safe: NaN/Inf become None (JSON has no NaN), numpy scalars become Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def report_dict(result: RunResult) -> dict:
+    """The report.json content (schema in README: config, fp32, int8, agreement, ...)."""
+    report = {
+        "aslquant_version": __version__,
+        "run_key": result.key,
+        "config": result.config.to_dict(),
+        "command": result.config.cli_command(),
+        "recipe": result.config.recipe.describe(),
+        "class_names": result.class_names,
+        "fp32": result.fp32.to_dict(),
+        "int8": result.int8.to_dict(),
+        "size_ratio": result.fp32.size_bytes / max(1, result.int8.size_bytes),
+        "latency_ratio_b1": result.fp32.latency_ms["b1_p50"] / result.int8.latency_ms["b1_p50"],
+        "latency_ratio_b32": result.fp32.latency_ms["b32_p50"] / result.int8.latency_ms["b32_p50"],
+        "accuracy_drop_points": result.accuracy_drop_points,
+        "agreement": result.agreement,
+        "n_eval": result.n_eval,
+        "n_calib": result.n_calib,
+        "threads": result.threads,
+        "per_class": result.per_class(),
+        "confusion": {
+            "fp32": result.confusion_fp32.tolist(),
+            "int8": result.confusion_int8.tolist(),
+        },
+        "flipped": [
+            {k: row[k] for k in ("path", "true", "fp32", "int8", "fp32_top3", "int8_top3")}
+            for row in result.flipped()
+        ],
+        "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+        "notes": result.notes,
+        "qat_history": result.qat_history,
+        "timings_s": result.timings_s,
+        "layers": result.layers,
+        "onnx": result.onnx,
+    }
+    report.update(result.extra)
+    return _clean(report)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.3f} MB"
+
+
+def report_markdown(report: dict) -> str:
+    """Human-readable tables of a report dict (works from a loaded report.json too)."""
+    f, q = report["fp32"], report["int8"]
+    lines = [
+        "# aslquant report",
+        "",
+        f"Recipe: **{report['recipe']}**  ",
+        f"Evaluated on {report['n_eval']} images, calibrated on {report['n_calib']}, "
+        f"{report['threads']} threads. Run key `{report['run_key']}`.",
+        "",
+        "Reproduce with:",
+        "",
+        f"    {report['command']}",
+        "",
+        "| | FP32 | quantized | ratio |",
+        "|---|---|---|---|",
+        f"| top-1 accuracy | {_pct(f['accuracy'])} | {_pct(q['accuracy'])} | "
+        f"drop {report['accuracy_drop_points']:.2f} points |",
+        f"| top-5 accuracy | {_pct(f['top5'])} | {_pct(q['top5'])} | |",
+        f"| size (state_dict) | {_mb(f['size_bytes'])} | {_mb(q['size_bytes'])} | "
+        f"{report['size_ratio']:.2f}x smaller |",
+        f"| size (TorchScript) | {_mb(f['torchscript_bytes'])} | {_mb(q['torchscript_bytes'])} | |",
+    ]
+    for b in ("b1", "b32"):
+        lines.append(
+            f"| latency batch {b[1:]} p50 / p95 (ms) | {_ms(f['latency_ms'][f'{b}_p50'])} / "
+            f"{_ms(f['latency_ms'][f'{b}_p95'])} | {_ms(q['latency_ms'][f'{b}_p50'])} / "
+            f"{_ms(q['latency_ms'][f'{b}_p95'])} | {report[f'latency_ratio_{b}']:.2f}x faster |"
+        )
+    lines += ["", f"Top-1 agreement FP32 vs quantized: **{_pct(report['agreement'])}**", ""]
+    if report.get("layers"):
+        lines += [
+            "## Per-layer error",
+            "",
+            "| layer | weight SQNR (dB) | activation SQNR (dB) |",
+            "|---|---|---|",
+        ]
+        for row in report["layers"]:
+            w, a = row.get("weight_sqnr_db"), row.get("activation_sqnr_db")
+            lines.append(
+                f"| {row['name']} | {'n/a' if w is None else f'{w:.1f}'} | "
+                f"{'n/a' if a is None else f'{a:.1f}'} |"
+            )
+        lines.append("")
+    if report.get("onnx"):
+        lines += [
+            "## ONNX Runtime",
+            "",
+            "| model | accuracy | latency b1 p50 (ms) |",
+            "|---|---|---|",
+        ]
+        for name, row in report["onnx"].items():
+            if isinstance(row, dict) and "accuracy" in row:
+                lines.append(
+                    f"| {name} | {_pct(row['accuracy'])} | {_ms(row['latency_ms'].get('b1_p50'))} |"
+                )
+        lines.append("")
+    lines += ["## Per-class accuracy", "", "| class | n | FP32 | quantized |", "|---|---|---|---|"]
+    for row in report["per_class"]:
+        lines.append(f"| {row['class']} | {row['n']} | {_pct(row['fp32'])} | {_pct(row['int8'])} |")
+    lines += ["", f"## Images whose prediction changed ({len(report['flipped'])})", ""]
+    if report["flipped"]:
+        lines += ["| image | true | FP32 | quantized |", "|---|---|---|---|"]
+        for row in report["flipped"]:
+            lines.append(f"| {row['path']} | {row['true']} | {row['fp32']} | {row['int8']} |")
+    else:
+        lines.append("None: both models give the same top-1 on every evaluation image.")
+    if report.get("skipped"):
+        lines += ["", f"{len(report['skipped'])} files skipped (not readable images):", ""]
+        lines += [f"- {row['path']}: {row['reason']}" for row in report["skipped"][:50]]
+    if report.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_out_dir(out: str | Path) -> Path:
+    """Create ``out`` (and parents) and check it is writable, before any long work starts."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".aslquant-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{out}: output folder is not writable ({err.strerror or err})") from None
+    return path
+
+
+def write_report(result: RunResult, out: str | Path) -> dict[str, Path]:
+    """Write report.json and report.md into ``out``; return their paths."""
+    path = prepare_out_dir(out)
+    report = report_dict(result)
+    files = {"json": path / "report.json", "md": path / "report.md"}
+    files["json"].write_text(json.dumps(report, indent=2))
+    files["md"].write_text(report_markdown(report))
+    return files

@@ -1,0 +1,404 @@
+"""A quantization run: a frozen ``RunConfig`` in, a ``RunResult`` out.
+
+This is the one function both views call: the CLI writes the result to report.json /
+report.md, the dashboard draws it. Everything a run depends on is in its config, and the
+config's ``key`` hashes the *contents* of the files it names, so equal inputs are recognised
+(and cached by the dashboard) even when they arrive under another file name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aslquant import data as data_mod
+from aslquant.data import Preprocess
+from aslquant.engine_lock import default_threads, engine_session
+from aslquant.errors import InputError
+from aslquant.labels import load_labels
+from aslquant.measure import (
+    PairEvaluation,
+    accuracy,
+    confusion,
+    evaluate_pair,
+    latency_profile,
+    per_class_accuracy,
+    serialized_size,
+    torchscript_size,
+)
+from aslquant.model import CustomCNN, load_checkpoint
+from aslquant.quantize import Progress, QuantizedModel, quantize
+from aslquant.recipe import QuantRecipe
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / "sample_data"
+DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
+DEMO_LABELS = DEMO_DIR / "lb.pkl"
+DEMO_DATA = DEMO_DIR / "images"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers."""
+
+    checkpoint: str = str(DEMO_CHECKPOINT)
+    labels: str = str(DEMO_LABELS)
+    data: str = str(DEMO_DATA)
+    calib_data: str | None = None
+    train_data: str | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    recipe: QuantRecipe = field(default_factory=QuantRecipe)
+    eval_images: int | None = None
+    seed: int = 0
+    threads: int = field(default_factory=default_threads)
+    latency_runs: int = 30
+
+    def __post_init__(self) -> None:
+        if self.eval_images is not None and self.eval_images < 1:
+            raise InputError(f"--eval-images must be at least 1, got {self.eval_images}")
+        if self.threads < 1:
+            raise InputError(f"threads must be at least 1, got {self.threads}")
+        if self.latency_runs < 30:
+            raise InputError(f"latency runs must be at least 30, got {self.latency_runs}")
+
+    def to_dict(self) -> dict:
+        return {
+            "checkpoint": self.checkpoint,
+            "labels": self.labels,
+            "data": self.data,
+            "calib_data": self.calib_data,
+            "train_data": self.train_data,
+            "preprocess": self.preprocess.to_dict(),
+            "recipe": self.recipe.to_dict(),
+            "eval_images": self.eval_images,
+            "seed": self.seed,
+            "threads": self.threads,
+            "latency_runs": self.latency_runs,
+        }
+
+    def with_recipe(self, **changes: object) -> RunConfig:
+        return dataclasses.replace(self, recipe=self.recipe.with_changes(**changes))
+
+    def cli_command(self) -> str:
+        """The shell command that reproduces this run headless."""
+        import shlex
+
+        args = ["python", "-m", "aslquant", "report"]
+        for flag, value, default in (
+            ("--checkpoint", self.checkpoint, str(DEMO_CHECKPOINT)),
+            ("--labels", self.labels, str(DEMO_LABELS)),
+            ("--data", self.data, str(DEMO_DATA)),
+        ):
+            if value != default:
+                args += [flag, value]
+        if self.calib_data:
+            args += ["--calib-data", self.calib_data]
+        if self.train_data:
+            args += ["--train-data", self.train_data]
+        args += self.recipe.cli_args()
+        if self.eval_images is not None:
+            args += ["--eval-images", str(self.eval_images)]
+        pp = self.preprocess
+        args += ["--input-size", str(pp.input_size), "--scale", str(pp.scale)]
+        if pp.crop:
+            args.append("--center-crop")
+        if pp.mean is not None:
+            args += ["--mean", *map(str, pp.mean), "--std", *map(str, pp.std)]
+        if pp.bgr:
+            args.append("--bgr")
+        args += ["--seed", str(self.seed), "--out", "OUT"]
+        return " ".join(shlex.quote(a) for a in args)
+
+
+def _sha256_file(path: str, what: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: {what} file not found")
+    digest = hashlib.sha256()
+    with p.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedInputs:
+    """The validated inputs of a run: model, labels, and the image samples."""
+
+    model: CustomCNN
+    class_names: list[str]
+    image_set: data_mod.ImageSet
+    calib_items: list
+    eval_items: list
+    train_items: list
+    skipped: list[tuple[str, str]]
+    key: str
+
+
+def load_inputs(config: RunConfig) -> LoadedInputs:
+    """Read and validate checkpoint, labels and images; pick calibration and evaluation samples."""
+    class_names = load_labels(config.labels)
+    model = load_checkpoint(config.checkpoint, num_labels=len(class_names))
+    image_set = data_mod.load_image_set(config.data, class_names)
+    recipe = config.recipe
+    needs_calib = recipe.method in ("static", "fx", "qat", "pt2e")
+    n_calib = recipe.calib_images if needs_calib else 0
+    skipped = list(image_set.skipped)
+    fingerprints = [data_mod.dataset_fingerprint(image_set)]
+    if config.calib_data:
+        calib_set = data_mod.load_image_set(config.calib_data, class_names)
+        skipped += calib_set.skipped
+        fingerprints.append(data_mod.dataset_fingerprint(calib_set))
+        if n_calib > len(calib_set.items):
+            raise InputError(
+                f"{config.calib_data}: asked for {n_calib} calibration images, "
+                f"only {len(calib_set.items)} exist"
+            )
+        calib_items = data_mod.sample(calib_set.items, n_calib, config.seed)
+        eval_items = data_mod.sample(image_set.items, config.eval_images, config.seed)
+    else:
+        available = len(image_set.items)
+        if n_calib >= available:
+            raise InputError(
+                f"{config.data}: asked for {n_calib} calibration images but only {available} "
+                "images exist and some must stay for evaluation; lower --calib-images or pass "
+                "--calib-data"
+            )
+        if config.eval_images is not None and n_calib + config.eval_images > available:
+            raise InputError(
+                f"{config.data}: {n_calib} calibration + {config.eval_images} evaluation images "
+                f"asked for, only {available} exist"
+            )
+        calib_items, eval_items = data_mod.stratified_split(
+            image_set.items, n_calib, config.eval_images, config.seed
+        )
+    train_items = calib_items
+    if recipe.method == "qat" and config.train_data:
+        train_set = data_mod.load_image_set(config.train_data, class_names)
+        skipped += train_set.skipped
+        fingerprints.append(data_mod.dataset_fingerprint(train_set))
+        train_items = train_set.items
+    key_parts = {
+        "checkpoint": _sha256_file(config.checkpoint, "checkpoint"),
+        "labels": _sha256_file(config.labels, "labels"),
+        "data": fingerprints,
+        "config": {
+            k: v
+            for k, v in config.to_dict().items()
+            if k not in ("checkpoint", "labels", "data", "calib_data", "train_data")
+        },
+    }
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    return LoadedInputs(
+        model, class_names, image_set, calib_items, eval_items, train_items, skipped, key
+    )
+
+
+@dataclass
+class ModelMetrics:
+    accuracy: float
+    top5: float
+    size_bytes: int
+    torchscript_bytes: int | None
+    latency_ms: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunResult:
+    """Plain data about one run, plus the two live models for analysis and prediction."""
+
+    config: RunConfig
+    key: str
+    class_names: list[str]
+    fp32: ModelMetrics
+    int8: ModelMetrics
+    evaluation: PairEvaluation
+    confusion_fp32: np.ndarray
+    confusion_int8: np.ndarray
+    skipped: list[tuple[str, str]]
+    timings_s: dict[str, float]
+    notes: list[str]
+    qat_history: list[dict]
+    n_calib: int
+    fp32_model: CustomCNN
+    quantized: QuantizedModel
+    calibration: torch.Tensor
+    layers: list[dict] = field(default_factory=list)
+    onnx: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_eval(self) -> int:
+        return self.evaluation.n
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads
+
+    @property
+    def agreement(self) -> float:
+        ev = self.evaluation
+        return float((ev.fp32.top1 == ev.quant.top1).mean()) if ev.n else float("nan")
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return (self.fp32.accuracy - self.int8.accuracy) * 100.0
+
+    def flipped(self) -> list[dict]:
+        """Evaluation images whose top-1 changed, with both models' top-3 for the gallery."""
+        ev, names = self.evaluation, self.class_names
+        rows = []
+        for i in np.nonzero(ev.fp32.top1 != ev.quant.top1)[0]:
+            rows.append(
+                {
+                    "path": ev.displays[i],
+                    "file": ev.paths[i],
+                    "true": names[ev.labels[i]],
+                    "fp32": names[ev.fp32.top1[i]],
+                    "int8": names[ev.quant.top1[i]],
+                    "fp32_top3": [
+                        [names[c], float(p)]
+                        for c, p in zip(ev.fp32.top5[i, :3], ev.fp32.probs5[i, :3], strict=True)
+                    ],
+                    "int8_top3": [
+                        [names[c], float(p)]
+                        for c, p in zip(ev.quant.top5[i, :3], ev.quant.probs5[i, :3], strict=True)
+                    ],
+                }
+            )
+        return rows
+
+    def per_class(self) -> list[dict]:
+        acc_f = per_class_accuracy(self.confusion_fp32)
+        acc_q = per_class_accuracy(self.confusion_int8)
+        support = self.confusion_fp32.sum(axis=1)
+        return [
+            {"class": name, "n": int(support[i]), "fp32": float(acc_f[i]), "int8": float(acc_q[i])}
+            for i, name in enumerate(self.class_names)
+        ]
+
+
+def _stage(progress: Progress | None, stage: str, fraction: float) -> None:
+    if progress:
+        progress(stage, fraction)
+
+
+def execute(
+    config: RunConfig, progress: Progress | None = None, inputs: LoadedInputs | None = None
+) -> RunResult:
+    """Quantize, evaluate and time one configuration; every figure in the result is measured."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    _stage(progress, "loading", 0.0)
+    inputs = inputs or load_inputs(config)
+    pp, recipe = config.preprocess, config.recipe
+    skipped = list(inputs.skipped)
+    calibration = (
+        data_mod.load_tensors(inputs.calib_items, pp, skipped=skipped).x
+        if inputs.calib_items
+        else torch.zeros(0, 3, pp.input_size, pp.input_size)
+    )
+    if recipe.method in ("static", "fx", "qat", "pt2e") and len(calibration) == 0:
+        raise InputError(f"{config.calib_data or config.data}: no readable calibration images")
+    timings["load"] = time.perf_counter() - started
+
+    train_batches = None
+    if recipe.method == "qat":
+        train_batches = [
+            (b.x, b.y)
+            for b in data_mod.iter_batches(inputs.train_items, pp, batch_size=16, skipped=skipped)
+        ]
+    on_qat_epoch = None
+    if recipe.method == "qat":
+
+        def on_qat_epoch(converted: torch.nn.Module) -> dict:
+            # Accuracy of the model as it would ship after this epoch, on the evaluation set.
+            ev = evaluate_pair(
+                inputs.model,
+                converted,
+                recipe.backend,
+                data_mod.iter_batches(inputs.eval_items, pp, batch_size=32),
+                threads=config.threads,
+            )
+            return {"accuracy": accuracy(ev.labels, ev.quant)["accuracy"]}
+
+    t0 = time.perf_counter()
+    quantized = quantize(
+        inputs.model,
+        recipe,
+        calibration,
+        input_size=pp.input_size,
+        train_batches=train_batches,
+        progress=progress,
+        on_qat_epoch=on_qat_epoch,
+    )
+    timings["quantize"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    batches = data_mod.iter_batches(inputs.eval_items, pp, batch_size=32, skipped=skipped)
+    evaluation = evaluate_pair(
+        inputs.model,
+        quantized.module,
+        quantized.backend,
+        batches,
+        total=len(inputs.eval_items),
+        progress=progress,
+        threads=config.threads,
+    )
+    if evaluation.n == 0:
+        raise InputError(f"{config.data}: none of the evaluation images could be read")
+    timings["evaluate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    example = torch.zeros(1, 3, pp.input_size, pp.input_size)
+    metrics = {}
+    for name, module, backend in (
+        ("fp32", inputs.model, None),
+        ("int8", quantized.module, quantized.backend),
+    ):
+        _stage(progress, f"timing {name}", 0.0)
+        lat = latency_profile(
+            module, backend, pp.input_size, config.threads, runs=config.latency_runs
+        )
+        with engine_session(backend):
+            ts_bytes = None if recipe.method == "pt2e" else torchscript_size(module, example)
+        preds = evaluation.fp32 if name == "fp32" else evaluation.quant
+        acc = accuracy(evaluation.labels, preds)
+        metrics[name] = ModelMetrics(
+            acc["accuracy"], acc["top5"], serialized_size(module), ts_bytes, lat
+        )
+        _stage(progress, f"timing {name}", 1.0)
+    timings["latency"] = time.perf_counter() - t0
+
+    k = len(inputs.class_names)
+    result = RunResult(
+        config=config,
+        key=inputs.key,
+        class_names=inputs.class_names,
+        fp32=metrics["fp32"],
+        int8=metrics["int8"],
+        evaluation=evaluation,
+        confusion_fp32=confusion(evaluation.labels, evaluation.fp32.top1, k),
+        confusion_int8=confusion(evaluation.labels, evaluation.quant.top1, k),
+        skipped=skipped,
+        timings_s=timings,
+        notes=list(quantized.notes),
+        qat_history=list(quantized.qat_history),
+        n_calib=len(calibration),
+        fp32_model=inputs.model,
+        quantized=quantized,
+        calibration=calibration,
+    )
+    timings["total"] = time.perf_counter() - started
+    _stage(progress, "done", 1.0)
+    return result

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set everything up and run the whole test suite: lint, unit tests, then the real-browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh requirements-dev.txt
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian chromium for the browser tests" >&2
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "error: the browser tests need /usr/bin/chromium (apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q "$@"
