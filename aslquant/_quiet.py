@@ -5,6 +5,7 @@ They still work, and this tool uses them deliberately; one filter here keeps the
 and the dashboard readable without hiding any other warning.
 """
 
+import logging
 import warnings
 
 warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*deprecated.*")
@@ -14,3 +15,6 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.ao\..*
 warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated.*")
 warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated.*")
 warnings.filterwarnings("ignore", message=r".*Please use quant_min and quant_max.*")
+
+# torchao's import registers an Enum with torch's pytree, which logs a deprecation notice.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)

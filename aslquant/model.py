@@ -94,8 +94,10 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
+            if (
+                isinstance(inner, dict)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
             ):
                 obj = inner
                 break
@@ -127,6 +129,11 @@ def read_state_dict(source: str | Path | bytes, name: str | None = None) -> dict
         data = path.read_bytes()
     if not data:
         raise InputError(f"{label}: checkpoint file is empty")
+    # torch.save writes a zip archive; very old torch versions wrote a bare pickle.
+    if not (data.startswith(b"PK\x03\x04") or data.startswith(b"\x80")):
+        raise InputError(
+            f"{label}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle)"
+        )
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types here; all mean "not a safe state_dict"
@@ -138,9 +145,7 @@ def read_state_dict(source: str | Path | bytes, name: str | None = None) -> dict
     return _unwrap(obj, label)
 
 
-def validate_state_dict(
-    state: dict[str, torch.Tensor], label: str = "checkpoint"
-) -> int:
+def validate_state_dict(state: dict[str, torch.Tensor], label: str = "checkpoint") -> int:
     """Check keys and shapes against the seed architecture; return the class count (from fc2)."""
     missing = [k for k in _EXPECTED_SHAPES if k not in state]
     unexpected = [k for k in state if k not in _EXPECTED_SHAPES]
@@ -151,9 +156,7 @@ def validate_state_dict(
         if unexpected:
             shown = unexpected[:8] + (["..."] if len(unexpected) > 8 else [])
             parts.append(f"unexpected {shown}")
-        raise InputError(
-            f"{label}: not a CustomCNN state_dict: " + "; ".join(parts)
-        )
+        raise InputError(f"{label}: not a CustomCNN state_dict: " + "; ".join(parts))
     num_classes = int(state["fc2.weight"].shape[0])
     wrong = []
     for key, shape in _EXPECTED_SHAPES.items():

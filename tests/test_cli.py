@@ -1,0 +1,143 @@
+"""`python -m aslquant report`: the report contract, exit codes, and plain-PyTorch equality."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aslquant.cli import main
+from aslquant.run import DEMO_CHECKPOINT, DEMO_DATA, DEMO_LABELS
+from tests.seed_model import SeedCustomCNN
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory) -> tuple[dict, Path, str]:
+    out = tmp_path_factory.mktemp("report")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aslquant", "report", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "report.json").read_text()), out, proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_report_contract(demo_report):
+    report, out, stderr = demo_report
+    assert (out / "report.md").read_text().startswith("# aslquant report")
+    for key in (
+        "config",
+        "fp32",
+        "int8",
+        "agreement",
+        "n_eval",
+        "threads",
+        "flipped",
+        "layers",
+        "onnx",
+    ):
+        assert key in report
+    for model in ("fp32", "int8"):
+        m = report[model]
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["top5"] <= 1 and m["top5"] >= m["accuracy"]
+        assert isinstance(m["size_bytes"], int) and m["size_bytes"] > 0
+        assert set(m["latency_ms"]) == {"b1_p50", "b1_p95", "b32_p50", "b32_p95"}
+        assert m["latency_ms"]["b1_p95"] >= m["latency_ms"]["b1_p50"] > 0
+    assert report["fp32"]["size_bytes"] / report["int8"]["size_bytes"] >= 3.5
+    assert report["config"]["recipe"]["method"] == "static"
+    assert report["config"]["recipe"]["reduce_range"] is True
+    assert report["config"]["preprocess"]["input_size"] == 224
+    # Without --calib-data, the 64 calibration images are not evaluated on.
+    assert report["n_calib"] == 64 and report["n_eval"] == 1160 - 64
+    assert report["fp32"]["accuracy"] >= 0.90
+    agree = report["agreement"]
+    assert len(report["flipped"]) == round((1 - agree) * report["n_eval"])
+    for row in report["flipped"]:
+        assert row["fp32"] != row["int8"] and set(row) >= {"path", "true", "fp32", "int8"}
+    assert "calibrating" in stderr and "evaluating" in stderr  # progress on stderr
+
+
+def test_fail_if_drop_gate(tmp_path, capsys):
+    args = ["report", "--eval-images", "58", "--calib-images", "16", "--latency-runs", "30"]
+    code = main([*args, "--out", str(tmp_path / "a"), "--fail-if-drop", "100"])
+    assert code == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["n_eval"] == 58 and report["n_calib"] == 16
+    # A gate below the measured drop must fail with exit 3.
+    gate = report["accuracy_drop_points"] - 0.5
+    code = main([*args, "--out", str(tmp_path / "b"), "--fail-if-drop", str(gate)])
+    assert code == 3
+    assert "more than --fail-if-drop" in capsys.readouterr().err
+
+
+def _plain_pytorch_accuracy(
+    model: torch.nn.Module, folder: Path, names: list[str], scale: int, bgr: bool
+) -> float:
+    """An evaluation written the way a user would, independent of aslquant.data."""
+    correct = total = 0
+    for index, name in enumerate(names):
+        for path in sorted((folder / name).glob("*.jpg")):
+            img = Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32)
+            if bgr:
+                arr = arr[:, :, ::-1]
+            if scale == 1:
+                arr = arr / 255.0
+            x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
+            with torch.no_grad():
+                correct += int(model(x).argmax(1).item() == index)
+            total += 1
+    return correct / total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale, bgr", [(1, False), (255, True)])
+def test_foreign_seed_checkpoint_matches_plain_pytorch(tmp_path, scale, bgr):
+    """A seed-class checkpoint + real joblib lb.pkl: our FP32 accuracy equals a plain loop's."""
+    joblib = pytest.importorskip("joblib")
+    from sklearn.preprocessing import LabelBinarizer
+
+    names = sorted(p.name for p in DEMO_DATA.iterdir() if p.is_dir())
+    seed = SeedCustomCNN(len(names))
+    seed.load_state_dict(torch.load(DEMO_CHECKPOINT, weights_only=True))
+    seed.eval()
+    torch.save(seed.state_dict(), tmp_path / "model.pth")
+    joblib.dump(LabelBinarizer().fit(names), tmp_path / "lb.pkl")
+    # A small evaluation folder: 6 images per class copied from the demo.
+    folder = tmp_path / "eval"
+    for name in names:
+        (folder / name).mkdir(parents=True)
+        for src in sorted((DEMO_DATA / name).glob("*.jpg"))[:6]:
+            (folder / name / src.name).write_bytes(src.read_bytes())
+    calib = tmp_path / "calib"
+    (calib / names[0]).mkdir(parents=True)
+    for src in sorted((DEMO_DATA / names[0]).glob("*.jpg"))[6:10]:
+        (calib / names[0] / src.name).write_bytes(src.read_bytes())
+    flags = ["--scale", str(scale)] + (["--bgr"] if bgr else [])
+    out = tmp_path / "out"
+    code = main(
+        ["report", "--checkpoint", str(tmp_path / "model.pth"), "--labels", str(tmp_path / "lb.pkl"),
+         "--data", str(folder), "--calib-data", str(calib), "--calib-images", "4", *flags,
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    expected = _plain_pytorch_accuracy(seed, folder, names, scale, bgr)
+    assert report["n_eval"] == 6 * len(names)
+    assert report["fp32"]["accuracy"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_demo_paths_exist():
+    assert DEMO_CHECKPOINT.is_file() and DEMO_LABELS.is_file() and DEMO_DATA.is_dir()

@@ -1,0 +1,165 @@
+"""Every method on x86 and static on every backend, on the real demo model and images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aslquant import data
+from aslquant.errors import InputError, UnsupportedCombination
+from aslquant.labels import load_labels
+from aslquant.measure import serialized_size
+from aslquant.model import load_checkpoint
+from aslquant.quantize import FloatIsland, QuantizedModel, quantize
+from aslquant.recipe import QuantRecipe
+from aslquant.run import DEMO_CHECKPOINT, DEMO_DATA, DEMO_LABELS
+
+
+@pytest.fixture(scope="module")
+def demo():
+    names = load_labels(DEMO_LABELS)
+    model = load_checkpoint(DEMO_CHECKPOINT, num_labels=len(names))
+    image_set = data.load_image_set(DEMO_DATA, names)
+    # 64 calibration images and 8 per class for evaluation: enough to see 90% agreement.
+    calib_items, eval_items = data.stratified_split(image_set.items, 64, 8 * len(names), seed=0)
+    pp = data.Preprocess()
+    calib = data.load_tensors(calib_items, pp).x
+    evaluation = data.load_tensors(eval_items, pp)
+    with torch.inference_mode():
+        fp32_top1 = model(evaluation.x).argmax(1)
+    train = [(b.x, b.y) for b in data.iter_batches(calib_items, pp, batch_size=16)]
+    return model, calib, evaluation, fp32_top1, train
+
+
+def _agreement(q: QuantizedModel, evaluation, fp32_top1) -> float:
+    return float((q(evaluation.x).argmax(1) == fp32_top1).float().mean())
+
+
+METHODS_X86 = [
+    "static",
+    "dynamic",
+    "fx",
+    "fp16",
+    pytest.param("qat", marks=pytest.mark.slow),
+    pytest.param("pt2e", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("method", METHODS_X86)
+def test_every_method_on_x86_agrees_with_fp32(demo, method):
+    model, calib, evaluation, fp32_top1, train = demo
+    recipe = QuantRecipe(method=method, backend="x86", qat_epochs=1)
+    q = quantize(model, recipe, calib, train_batches=train)
+    assert _agreement(q, evaluation, fp32_top1) >= 0.90
+    assert q.recipe.reduce_range is True  # resolved, never left as "backend default"
+
+
+@pytest.mark.parametrize("backend", ["x86", "fbgemm", "onednn", "qnnpack"])
+def test_static_on_every_backend_agrees_with_fp32(demo, backend):
+    model, calib, evaluation, fp32_top1, _ = demo
+    q = quantize(model, QuantRecipe(backend=backend), calib)
+    assert q.backend == backend
+    assert _agreement(q, evaluation, fp32_top1) >= 0.90
+    # The float model is untouched.
+    assert isinstance(model.conv1, torch.nn.Conv2d)
+
+
+def test_engine_is_restored(demo):
+    model, calib, *_ = demo
+    before = torch.backends.quantized.engine
+    quantize(model, QuantRecipe(backend="qnnpack" if before != "qnnpack" else "x86"), calib)
+    assert torch.backends.quantized.engine == before
+
+
+def test_static_x86_is_at_least_3_5x_smaller(demo):
+    model, calib, *_ = demo
+    q = quantize(model, QuantRecipe(), calib)
+    assert serialized_size(model) / serialized_size(q.module) >= 3.5
+
+
+def test_fp16_halves_the_size(demo):
+    model, calib, *_ = demo
+    q = quantize(model, QuantRecipe(method="fp16"), calib)
+    ratio = serialized_size(model) / serialized_size(q.module)
+    assert 1.8 < ratio < 2.1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"act_observer": "minmax"},
+        {"act_observer": "moving-average"},
+        {"weight_observer": "minmax"},
+        {"qscheme": "affine"},
+        {"reduce_range": False},
+        {"fuse": False},
+    ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_observer_and_scheme_choices_work(demo, changes):
+    model, calib, evaluation, fp32_top1, _ = demo
+    q = quantize(model, QuantRecipe(**changes), calib)
+    assert _agreement(q, evaluation, fp32_top1) >= 0.85
+
+
+def test_reduce_range_changes_the_activation_grid(demo):
+    model, calib, *_ = demo
+    seven = quantize(model, QuantRecipe(reduce_range=True), calib)
+    eight = quantize(model, QuantRecipe(reduce_range=False), calib)
+    # 7-bit activations have (about) twice the step size over the same range.
+    ratio = float(seven.module.conv2.scale) / float(eight.module.conv2.scale)
+    assert 1.6 < ratio < 2.4
+
+
+def test_keep_fp32_leaves_layers_in_float(demo):
+    model, calib, evaluation, fp32_top1, _ = demo
+    q = quantize(model, QuantRecipe(keep_fp32=("fc2", "conv1")), calib)
+    assert isinstance(q.module.conv1, FloatIsland) and isinstance(q.module.fc2, FloatIsland)
+    assert q.module.conv1.inner[0].weight.dtype == torch.float32
+    assert "quantized" in type(q.module.conv2).__module__
+    assert _agreement(q, evaluation, fp32_top1) >= 0.90
+    fx = quantize(model, QuantRecipe(method="fx", keep_fp32=("conv2",)), calib)
+    # FX fuses conv2+ReLU but leaves the fused module in float.
+    assert "quantized" not in type(fx.module.conv2).__module__
+    assert "quantized" in type(fx.module.conv3).__module__
+    assert q.recipe.keep_fp32 == ("conv1", "fc2")  # canonical order
+
+
+def test_unsupported_combinations_are_named(demo):
+    model, calib, *_ = demo
+    with pytest.raises(UnsupportedCombination, match="onednn only supports symmetric weights"):
+        quantize(model, QuantRecipe(backend="onednn", qscheme="affine"), calib)
+    with pytest.raises(
+        UnsupportedCombination,
+        match="pt2e uses torchao.s X86InductorQuantizer, which targets the x86 backend only",
+    ):
+        QuantRecipe(method="pt2e", backend="qnnpack")
+    with pytest.raises(UnsupportedCombination, match="histogram activations"):
+        quantize(model, QuantRecipe(method="pt2e", act_observer="minmax"), calib)
+    with pytest.raises(UnsupportedCombination, match="needs calibration images"):
+        quantize(model, QuantRecipe(), torch.zeros(0, 3, 224, 224))
+    with pytest.raises(UnsupportedCombination, match="qat needs labelled training images"):
+        quantize(model, QuantRecipe(method="qat"), calib)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "int4"}, "method 'int4' is not one of"),
+        ({"backend": "tpu"}, "backend 'tpu' is not one of"),
+        ({"keep_fp32": ("conv9",)}, "keep_fp32 layer 'conv9'"),
+        ({"calib_images": 0}, "calibration images must be at least 1"),
+    ],
+)
+def test_recipe_validation(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        QuantRecipe(**kwargs)
+
+
+def test_recipe_round_trips_and_describes_itself():
+    recipe = QuantRecipe(backend="qnnpack", keep_fp32=("fc1",))
+    again = QuantRecipe.from_dict(recipe.to_dict())
+    assert again == recipe.resolved()
+    assert again.reduce_range is False  # qnnpack's default is 8-bit activations
+    assert "qnnpack" in recipe.describe() and "fc1" in recipe.describe()
+    assert recipe.cli_args()[recipe.cli_args().index("--reduce-range") + 1] == "off"
