@@ -122,9 +122,10 @@ def test_foreign_seed_checkpoint_matches_plain_pytorch(tmp_path, scale, bgr):
         for src in sorted((DEMO_DATA / name).glob("*.jpg"))[:6]:
             (folder / name / src.name).write_bytes(src.read_bytes())
     calib = tmp_path / "calib"
-    (calib / names[0]).mkdir(parents=True)
-    for src in sorted((DEMO_DATA / names[0]).glob("*.jpg"))[6:10]:
-        (calib / names[0] / src.name).write_bytes(src.read_bytes())
+    for name in names[:2]:
+        (calib / name).mkdir(parents=True)
+        for src in sorted((DEMO_DATA / name).glob("*.jpg"))[6:8]:
+            (calib / name / src.name).write_bytes(src.read_bytes())
     flags = ["--scale", str(scale)] + (["--bgr"] if bgr else [])
     out = tmp_path / "out"
     code = main(
