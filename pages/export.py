@@ -1,0 +1,92 @@
+"""Export page: the run's model files and its reports, ready to download."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from aslquant.ui import state
+
+st.title("Export")
+st.caption(
+    "Everything needed to ship the quantized model: model files for each runtime and the run's "
+    "report (JSON for machines, Markdown and HTML for people)."
+)
+
+MODEL_FILES = {
+    "torchscript": ("TorchScript (.pt)", "application/octet-stream",
+                    "torch.jit.load on a server or desktop"),
+    "lite": ("PyTorch Lite (.ptl)", "application/octet-stream",
+             "the lite interpreter on Android/iOS (deprecated in favour of ExecuTorch)"),
+    "onnx_fp32": ("ONNX FP32 (.onnx)", "application/octet-stream",
+                  "ONNX Runtime or any ONNX consumer, float model"),
+    "onnx_int8": ("ONNX INT8 (.onnx)", "application/octet-stream",
+                  "ONNX Runtime, QDQ INT8 model quantized with the same calibration images"),
+}  # fmt: skip
+
+with state.guard("the Export page"):
+    entry = state.require_run()
+    if entry is not None:
+        entry = state.run_picker(st, "Run to export", key="export_run")
+        key = entry.key
+        st.caption(f"Recipe: {entry.result.config.recipe.describe()} · run key `{key}`")
+
+        st.subheader("Model files")
+        with st.spinner("Exporting the models (once per run)..."):
+            files = state.export_files(key, entry.result)
+        cols = st.columns(len(MODEL_FILES))
+        for col, (kind, (title, mime, use)) in zip(cols, MODEL_FILES.items(), strict=True):
+            with col:
+                if kind in files:
+                    name, data = files[kind]
+                    st.download_button(
+                        f"⬇ {title}", data, file_name=name, mime=mime, key=f"dl_{kind}",
+                        width="stretch",
+                    )  # fmt: skip
+                    st.caption(f"{state.fmt_bytes(len(data))} · {use}")
+                else:
+                    st.warning(f"{title}: not produced for this run's method.")
+
+        st.subheader("ONNX Runtime check")
+        onnx = st.session_state.get(f"onnx_{key}")
+        if onnx is None:
+            st.caption(
+                "Run both ONNX files in ONNX Runtime on the evaluation images: accuracy, latency "
+                "and agreement with the PyTorch models (about a minute)."
+            )
+            if st.button("Measure in ONNX Runtime", key="onnx_go"):
+                bar = state.ProgressBar(st, "ONNX Runtime")
+                onnx = state.onnx_compare(key, entry.result, bar)
+                bar.empty()
+                st.session_state[f"onnx_{key}"] = onnx
+        if onnx:
+            rows = []
+            for name, row in onnx.items():
+                if isinstance(row, dict) and "accuracy" in row:
+                    lat = row.get("latency_ms", {})
+                    rows.append(
+                        {
+                            "model": name,
+                            "top-1 %": 100 * row["accuracy"],
+                            "size": state.fmt_bytes(row.get("size_bytes")),
+                            "b1 p50 ms": lat.get("b1_p50"),
+                            "b32 p50 ms": lat.get("b32_p50"),
+                            "agreement with torch %": None
+                            if row.get("agreement_with_torch") is None
+                            else 100 * row["agreement_with_torch"],
+                        }
+                    )
+            st.dataframe(pd.DataFrame(rows).round(2), hide_index=True, width="stretch")
+
+        st.subheader("Reports")
+        texts = state.report_texts(key, bool(onnx), entry, onnx)
+        c1, c2, c3 = st.columns(3)
+        c1.download_button("⬇ report.json", texts["json"], "report.json", "application/json",
+                           key="dl_json", width="stretch")  # fmt: skip
+        c2.download_button("⬇ report.md", texts["md"], "report.md", "text/markdown",
+                           key="dl_md", width="stretch")  # fmt: skip
+        c3.download_button("⬇ report.html", texts["html"], "report.html", "text/html",
+                           key="dl_html", width="stretch")  # fmt: skip
+        st.caption("The HTML report is one self-contained file: it opens offline.")
+        with st.expander("Preview report.md"):
+            st.markdown(texts["md"])

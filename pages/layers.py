@@ -1,0 +1,229 @@
+"""Layers page: where quantization hurts, layer by layer, and a playground to feel why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from aslquant import analysis
+from aslquant.model import LAYER_NAMES
+from aslquant.ui import figures, state
+
+st.title("Layers")
+st.caption(
+    "SQNR (signal-to-quantization-noise ratio) says how loud the rounding noise is next to the "
+    "signal: every +6 dB is one more bit of precision. Low bars mark the layers that hurt."
+)
+
+
+def _db(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def _rerun_keeping(entry: state.RunEntry, keep: list[str]) -> None:
+    """Quantize again with ``keep`` in FP32 and open the summary of the new run."""
+    config = entry.result.config.with_recipe(keep_fp32=tuple(keep))
+    state.remember_recipe(config.recipe)
+    for k in ("q_keep",):  # the Quantize page shows the new recipe next time
+        st.session_state.pop(k, None)
+    state.quantize_with_progress(config)
+    st.switch_page("pages/quantize.py")
+
+
+with state.guard("the Layers page"):
+    entry = state.require_run()
+    if entry is not None:
+        entry = state.run_picker(st, "Run", key="layers_run")
+        result, key = entry.result, entry.key
+        st.caption(f"Recipe: {result.config.recipe.describe()}")
+
+        st.subheader("Per-layer error")
+        with st.spinner("Comparing every layer of the two models..."):
+            rows = state.layer_errors(key, result)
+        state.plot(figures.sqnr_bars(rows), key="sqnr")
+        st.caption(
+            "Weights: the layer's weights against their INT8 version. Activations (cumulative): "
+            "the layer's output when the quantized model sees the image, so earlier layers' "
+            "errors add up. Isolated: the same layer fed the FP32 input, so only its own error."
+        )
+        table = pd.DataFrame(
+            [
+                {
+                    "layer": r["name"],
+                    "quantized": "yes" if r.get("quantized") else "no (FP32)",
+                    "weight SQNR (dB)": _db(r.get("weight_sqnr_db")),
+                    "activation SQNR cumulative (dB)": _db(r.get("activation_sqnr_db")),
+                    "activation SQNR isolated (dB)": _db(r.get("activation_sqnr_isolated_db")),
+                    "activation range": "n/a"
+                    if r.get("act_min") is None
+                    else f"{r['act_min']:.3g} .. {r['act_max']:.3g}",
+                    "activation scale": "n/a"
+                    if r.get("act_scale") is None
+                    else f"{r['act_scale']:.4g} (zp {r['act_zero_point']})",
+                }
+                for r in figures.layer_order(rows)
+            ]
+        )
+        st.dataframe(table, hide_index=True, width="stretch")
+
+        st.subheader("Histogram explorer")
+        c1, c2 = st.columns([1, 1])
+        layer = c1.selectbox("Layer", list(LAYER_NAMES), key="hist_layer")
+        kind = c2.radio("Values", ["weights", "activations"], horizontal=True, key="hist_kind")
+        hist = state.layer_histogram(key, layer, kind, result)
+        state.plot(figures.histogram_figure(hist), key="hist")
+        st.caption(
+            "Grey ticks under the bars are the values INT8 can represent; anything in the red "
+            "shaded area is clipped to the edge of the range."
+            + (f" {hist['note']}." if hist.get("note") else "")
+        )
+
+        st.subheader("Sensitivity: which layers to keep in FP32")
+        sens_key = f"sens_{key}"
+        if sens_key not in st.session_state:
+            st.caption(
+                "Re-quantizes the model once per layer with only that layer left in FP32 and "
+                "measures how much accuracy each one wins back (about a minute)."
+            )
+            if st.button("Measure sensitivity", key="sens_go"):
+                bar = state.ProgressBar(st, "Sensitivity")
+                st.session_state[sens_key] = state.sensitivity(key, result, bar)
+                bar.empty()
+        sens = st.session_state.get(sens_key)
+        if sens:
+            state.plot(figures.sensitivity_figure(sens), key="sens")
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "rank": r["rank"],
+                            "layer kept FP32": r["layer"],
+                            "top-1 %": 100 * r["accuracy"],
+                            "gain (points)": r["gain_points"],
+                            "drop vs FP32 (points)": r["drop_points"],
+                            "agreement %": 100 * r["agreement"],
+                        }
+                        for r in sens
+                    ]
+                ).round(2),
+                hide_index=True,
+                width="stretch",
+            )
+            suggested = [r["layer"] for r in sens if r["gain_points"] > 0][:1]
+            keep = st.multiselect(
+                "Layers to keep in FP32",
+                list(LAYER_NAMES),
+                default=sorted(
+                    set(result.config.recipe.keep_fp32) | set(suggested), key=LAYER_NAMES.index
+                ),
+                key=f"sens_keep_{key}",
+            )
+            if st.button("Keep these layers in FP32 and re-run", type="primary", key="sens_rerun"):
+                _rerun_keeping(entry, keep)
+            with st.expander("Find the fewest FP32 layers for a target drop (greedy)"):
+                target = st.number_input("Largest acceptable drop (points)", 0.0, 50.0, 1.0, 0.5)
+                if st.button("Search", key="greedy_go"):
+                    bar = state.ProgressBar(st, "Mixed precision search")
+                    found = state.greedy(key, float(target), result, bar)
+                    bar.empty()
+                    st.dataframe(
+                        pd.DataFrame(
+                            [
+                                {
+                                    "keep FP32": ", ".join(s["keep_fp32"]) or "(none)",
+                                    "top-1 %": 100 * s["accuracy"],
+                                    "drop (points)": s["drop_points"],
+                                    "agreement %": 100 * s["agreement"],
+                                }
+                                for s in found["steps"]
+                            ]
+                        ).round(2),
+                        hide_index=True,
+                    )
+                    st.write(
+                        ("Target reached" if found["reached"] else "Target not reached")
+                        + f" keeping: {', '.join(found['keep_fp32']) or 'nothing'} in FP32."
+                    )
+
+        st.subheader("Bit-width sweep")
+        sweep_key = f"bits_{key}"
+        if sweep_key not in st.session_state:
+            st.caption(
+                "Simulates 8, 6, 5, 4, 3 and 2 bits with fake quantization (float math) to show "
+                "how quickly accuracy falls as the grid gets coarser."
+            )
+            if st.button("Run the bit-width sweep", key="bits_go"):
+                bar = state.ProgressBar(st, "Bit-width sweep")
+                st.session_state[sweep_key] = state.bit_sweep(key, result, bar)
+                bar.empty()
+        if st.session_state.get(sweep_key):
+            state.plot(figures.bit_sweep_figure(st.session_state[sweep_key]), key="bits")
+
+        st.subheader("Quantization playground")
+        st.caption(
+            "Take a layer's real values, choose the bits, the clipping range and the zero point, "
+            "and watch the rounding and clipping error. Red dashed lines: the observer's choice."
+        )
+
+        @st.fragment
+        def playground() -> None:
+            with state.guard("the playground"):
+                p1, p2 = st.columns(2)
+                p_layer = p1.selectbox("Layer", list(LAYER_NAMES), key="pg_layer")
+                p_kind = p2.radio(
+                    "Values", ["weights", "activations"], horizontal=True, key="pg_kind"
+                )
+                h = state.layer_histogram(key, p_layer, p_kind, result)
+                values = np.asarray(h["values_sample"], dtype=float)
+                lo, hi = float(values.min()), float(values.max())
+                obs_lo = h.get("clip_min") if h.get("clip_min") is not None else lo
+                obs_hi = h.get("clip_max") if h.get("clip_max") is not None else hi
+                span_lo, span_hi = min(lo, obs_lo, 0.0), max(hi, obs_hi, 0.0)
+                if span_hi <= span_lo:
+                    span_hi = span_lo + 1.0
+                s1, s2, s3 = st.columns(3)
+                bits = s1.slider("Bits", 2, 8, 8, key=f"pg_bits_{p_layer}_{p_kind}")
+                clip = s2.slider(
+                    "Clipping range",
+                    span_lo,
+                    span_hi,
+                    (float(max(span_lo, obs_lo)), float(min(span_hi, obs_hi))),
+                    step=(span_hi - span_lo) / 200,
+                    format="%.4f",
+                    key=f"pg_clip_{p_layer}_{p_kind}",
+                )
+                auto_zp = s3.checkbox(
+                    "Zero point from the range", True, key=f"pg_auto_{p_layer}_{p_kind}"
+                )
+                zp = None
+                if not auto_zp:
+                    zp = s3.slider(
+                        "Zero point", 0, 2**bits - 1, 2 ** (bits - 1),
+                        key=f"pg_zp_{p_layer}_{p_kind}_{bits}",
+                    )  # fmt: skip
+                if clip[1] <= clip[0]:
+                    st.error("The clipping range is empty: move the handles apart.")
+                    return
+                fq = analysis.fake_quantize(values, bits, clip[0], clip[1], zp)
+                m = st.columns(5)
+                m[0].metric("SQNR", "n/a" if fq["sqnr_db"] is None else f"{fq['sqnr_db']:.1f} dB")
+                m[1].metric("Step (scale)", f"{fq['scale']:.4g}")
+                m[2].metric("Rounding MSE", f"{fq['rounding_mse']:.3g}")
+                m[3].metric("Clipping MSE", f"{fq['clipping_mse']:.3g}")
+                m[4].metric("Values clipped", f"{100 * fq['clipped_fraction']:.2f}%")
+                observer = None
+                if h.get("clip_min") is not None:
+                    observer = {
+                        "min": h["clip_min"],
+                        "max": h["clip_max"],
+                        "name": f"observer (8-bit, scale {h['scale']:.3g})",
+                    }
+                state.plot(figures.playground_figure(values, fq, observer), key="pg_fig")
+                st.caption(
+                    f"{len(values):,} values sampled from {p_layer} {p_kind}. Narrowing the range "
+                    "shrinks the step (less rounding error) but clips more values; fewer bits "
+                    "make every step coarser."
+                )
+
+        playground()

@@ -1,0 +1,226 @@
+"""Quantize page: choose a recipe, press Quantize, read the summary; every run is kept."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from aslquant.errors import InputError
+from aslquant.model import LAYER_NAMES
+from aslquant.recipe import (
+    ACT_OBSERVERS,
+    BACKENDS,
+    METHODS,
+    QSCHEMES,
+    REDUCE_RANGE_BY_DEFAULT,
+    WEIGHT_OBSERVERS,
+    QuantRecipe,
+)
+from aslquant.ui import state
+
+st.title("Quantize")
+st.caption(
+    "Turn the FP32 model into an INT8 one and measure what changed: accuracy, size, speed. "
+    "Each choice below says in one line what it does."
+)
+
+REDUCE = {"default": None, "on": True, "off": False}
+
+
+def _init(values: dict) -> None:
+    # Widget state is dropped when the user visits another page; restore the last recipe.
+    for key, value in values.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+with state.guard("the Quantize page"):
+    src = state.source()
+    n_images = len(state.image_set(src).items)
+    last = state.default_recipe()
+    _init(
+        {
+            "q_method": last.method,
+            "q_backend": last.backend,
+            "q_act": last.act_observer,
+            "q_weight": last.weight_observer,
+            "q_qscheme": last.qscheme,
+            "q_reduce": next(k for k, v in REDUCE.items() if v == last.reduce_range),
+            "q_calib": min(last.calib_images, max(1, n_images - 1)),
+            "q_keep": list(last.keep_fp32),
+            "q_qat_epochs": last.qat_epochs,
+            "q_eval": 0,
+        }
+    )
+
+    c1, c2, c3 = st.columns(3, gap="large")
+    with c1:
+        method = st.selectbox("Method", list(METHODS), key="q_method")
+        st.caption(METHODS[method])
+        backend = st.selectbox(
+            "Backend (the kernels that run INT8)", list(BACKENDS), key="q_backend"
+        )
+        st.caption(BACKENDS[backend])
+    calibrated = method in ("static", "fx", "qat", "pt2e")
+    with c2:
+        act = st.selectbox(
+            "Activation observer", list(ACT_OBSERVERS), key="q_act", disabled=not calibrated
+        )
+        st.caption(ACT_OBSERVERS[act])
+        weight = st.selectbox(
+            "Weight observer",
+            list(WEIGHT_OBSERVERS),
+            key="q_weight",
+            disabled=method == "fp16",
+        )
+        st.caption(WEIGHT_OBSERVERS[weight])
+        qscheme = st.selectbox(
+            "Weight qscheme", list(QSCHEMES), key="q_qscheme", disabled=method == "fp16"
+        )
+        st.caption(QSCHEMES[qscheme] + " Activations are always affine.")
+    with c3:
+        default_rr = "on (7-bit)" if backend in REDUCE_RANGE_BY_DEFAULT else "off (8-bit)"
+        reduce = st.radio(
+            "reduce_range (7-bit activations)",
+            list(REDUCE),
+            format_func=lambda k: f"backend default: {default_rr}" if k == "default" else k,
+            horizontal=True,
+            key="q_reduce",
+            disabled=not calibrated,
+        )
+        st.caption(
+            "7-bit activations leave headroom so x86 int8 kernels (VPMADDUBSW) cannot overflow; "
+            "8-bit is a little more precise."
+        )
+        calib = st.slider(
+            "Calibration images",
+            1,
+            max(2, min(512, n_images - 1)),
+            key="q_calib",
+            disabled=not calibrated,
+        )
+        st.caption(
+            "Images run through the model so observers can see typical activation ranges; they "
+            "are kept out of the evaluation set."
+        )
+        keep = st.multiselect("Layers to keep in FP32", list(LAYER_NAMES), key="q_keep")
+        st.caption("Mixed precision: sensitive layers stay float, the rest become INT8.")
+        qat_epochs = 3
+        if method == "qat":
+            qat_epochs = st.number_input("QAT epochs", 1, 20, key="q_qat_epochs")
+            st.caption("Fine-tuning passes over the calibration images with fake quantization.")
+
+    with st.expander("Evaluation"):
+        eval_images = st.number_input(
+            "Evaluation images (0 = all not used for calibration)",
+            0,
+            n_images,
+            step=29,
+            key="q_eval",
+            help="Fewer images run faster; accuracy figures then have wider error bars.",
+        )
+
+    recipe = None
+    try:
+        recipe = QuantRecipe(
+            method=method,
+            backend=backend,
+            act_observer=act,
+            weight_observer=weight,
+            qscheme=qscheme,
+            reduce_range=REDUCE[reduce],
+            calib_images=int(calib),
+            keep_fp32=tuple(keep),
+            qat_epochs=int(qat_epochs),
+        )
+        config = src.config(recipe, eval_images=int(eval_images) or None)
+        st.caption(f"Recipe: **{recipe.describe()}** · images from `{src.data}`")
+    except InputError as err:
+        st.error(str(err))
+
+    if st.button("Quantize", type="primary", disabled=recipe is None, key="quantize"):
+        state.remember_recipe(recipe)
+        entry = state.quantize_with_progress(config)
+        # Rerun so the sidebar (drawn before this page) lists the new run too.
+        st.session_state["aslquant_flash"] = f"Run {entry.label} done in {entry.seconds:.1f} s."
+        st.rerun()
+    flash = st.session_state.pop("aslquant_flash", None)
+    if flash:
+        st.success(flash)
+
+    entry = state.current_run()
+    if entry is not None:
+        st.divider()
+        st.subheader(f"Summary: {entry.label}")
+        state.show_summary(entry)
+        r = entry.result
+        f, q = r.fp32, r.int8
+        detail = pd.DataFrame(
+            {
+                "FP32": [
+                    f"{100 * f.accuracy:.2f}%",
+                    f"{100 * f.top5:.2f}%",
+                    state.fmt_bytes(f.size_bytes),
+                    state.fmt_bytes(f.torchscript_bytes),
+                    f"{f.latency_ms['b1_p50']:.2f} / {f.latency_ms['b1_p95']:.2f}",
+                    f"{f.latency_ms['b32_p50']:.2f} / {f.latency_ms['b32_p95']:.2f}",
+                ],
+                "quantized": [
+                    f"{100 * q.accuracy:.2f}%",
+                    f"{100 * q.top5:.2f}%",
+                    state.fmt_bytes(q.size_bytes),
+                    state.fmt_bytes(q.torchscript_bytes),
+                    f"{q.latency_ms['b1_p50']:.2f} / {q.latency_ms['b1_p95']:.2f}",
+                    f"{q.latency_ms['b32_p50']:.2f} / {q.latency_ms['b32_p95']:.2f}",
+                ],
+            },
+            index=[
+                "top-1 accuracy",
+                "top-5 accuracy",
+                "size (state_dict)",
+                "size (TorchScript)",
+                "latency batch 1 p50 / p95 (ms)",
+                "latency batch 32 p50 / p95 (ms)",
+            ],
+        )
+        st.dataframe(detail, width="stretch")
+        st.caption(
+            f"Evaluated on {r.n_eval} images, calibrated on {r.n_calib}; latency over "
+            f"{r.config.latency_runs} timed calls after warm-up, {r.threads} threads. "
+            f"Run key `{r.key}`; took {entry.seconds:.1f} s."
+        )
+        st.markdown("**Reproduce this run from the command line:**")
+        st.code(r.config.cli_command(), language="bash")
+        for note in r.notes:
+            st.caption(f"Note: {note}")
+        if r.skipped:
+            with st.expander(f"{len(r.skipped)} files skipped"):
+                st.dataframe(pd.DataFrame(r.skipped, columns=["file", "reason"]), hide_index=True)
+
+        st.subheader("Run history")
+        history = pd.DataFrame(
+            [
+                {
+                    "run": e.number,
+                    "recipe": e.result.config.recipe.describe(),
+                    "FP32 top-1 %": 100 * e.result.fp32.accuracy,
+                    "quantized top-1 %": 100 * e.result.int8.accuracy,
+                    "drop (points)": e.result.accuracy_drop_points,
+                    "agreement %": 100 * e.result.agreement,
+                    "size ratio": e.result.fp32.size_bytes / max(1, e.result.int8.size_bytes),
+                    "b1 speed-up": e.result.fp32.latency_ms["b1_p50"]
+                    / e.result.int8.latency_ms["b1_p50"],
+                    "b32 speed-up": e.result.fp32.latency_ms["b32_p50"]
+                    / e.result.int8.latency_ms["b32_p50"],
+                    "key": e.key,
+                }
+                for e in reversed(state.runs())
+            ]
+        )
+        st.dataframe(history.round(2), hide_index=True, width="stretch")
+        st.caption(
+            f"This session keeps the {state.MAX_RUNS} most recent runs; older ones are dropped. "
+            "Pick the run the other pages show in the sidebar."
+        )
+        if state.evicted():
+            st.caption("Dropped so far: " + "; ".join(state.evicted()))
