@@ -38,10 +38,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--eval-images", type=int, default=None, help="default: all 1096")
     args = parser.parse_args()
     print(
         f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{args.threads} threads, {args.runs} timed runs per figure, demo sample_data/"
+        f"{args.threads} threads, {args.runs} timed runs per figure, demo sample_data/ "
+        f"({args.eval_images or 'all'} evaluation images)"
     )
     header = (
         "| model | runtime | top-1 | size (KB) | b1 p50 / p95 (ms) | b32 p50 / p95 (ms) "
@@ -51,9 +53,9 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     first = None
     for method, backend in ROWS:
-        config = RunConfig(threads=args.threads, latency_runs=args.runs).with_recipe(
-            method=method, backend=backend
-        )
+        config = RunConfig(
+            threads=args.threads, latency_runs=args.runs, eval_images=args.eval_images
+        ).with_recipe(method=method, backend=backend)
         result = execute(config)
         if first is None:
             first = result

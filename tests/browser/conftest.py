@@ -46,9 +46,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The dashboard served by a real `streamlit run`; stopped at the end of the session."""
+    """The dashboard served by a real `streamlit run`; stopped after the browser tests.
+
+    Module scope, not session: a server left running (with its WebRTC threads) would take CPU
+    from every later test in the run.
+    """
     port = _free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = dict(os.environ)
@@ -82,7 +86,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             print(f"--- streamlit server log ({log_path}) ---\n{text[-6000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
