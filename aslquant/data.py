@@ -493,8 +493,10 @@ def _cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "aslquant"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (cache keys everywhere use this)."""
     h = hashlib.sha256()
+    path = Path(path)
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
@@ -513,7 +515,7 @@ def _safe_member(name: str, label: str) -> PurePosixPath:
 
 def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str]]]:
     """Extract image members of a zip into the cache; returns (files root, sha256, skipped)."""
-    digest = _sha256_file(path)
+    digest = sha256_file(path)
     home = _cache_root() / "zips" / digest[:32]
     manifest = home / "manifest.json"
     if manifest.is_file():

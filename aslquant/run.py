@@ -118,14 +118,9 @@ class RunConfig:
 
 
 def _sha256_file(path: str, what: str) -> str:
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise InputError(f"{path}: {what} file not found")
-    digest = hashlib.sha256()
-    with p.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return data_mod.sha256_file(path)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 import streamlit as st
 
 from aslquant.data import ImageSet, Preprocess, load_image_set, open_image
+from aslquant.data import sha256_file as data_sha256_file
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
 from aslquant.model import CustomCNN, layer_table, load_checkpoint
@@ -133,14 +134,9 @@ def save_upload(data: bytes, name: str) -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise InputError(f"{path}: file not found")
-    h = hashlib.sha256()
-    with p.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return data_sha256_file(path)
 
 
 # --- cached loaders ----------------------------------------------------------------------------
