@@ -960,7 +960,7 @@ def config_sweep(
     same calibration images, evaluated on the same evaluation images and timed in this process.
     The first row is the FP32 reference (``method`` "fp32").
     """
-    from aslquant.measure import accuracy, evaluate_pair, latency_profile, serialized_size
+    from aslquant.measure import accuracy, evaluate_models, latency_profile, serialized_size
     from aslquant.run import load_inputs
 
     grid = grid or {}
@@ -974,8 +974,21 @@ def config_sweep(
     calibration = data_mod.load_tensors(inputs.calib_items, pp).x
     runs = latency_runs or config.latency_runs
     rows = []
-    fp32_eval = None
     total = len(recipes) + 1
+
+    def evaluate(module, backend):
+        batches = data_mod.iter_batches(inputs.eval_items, pp, batch_size=32)
+        ev = evaluate_models({"m": (module, backend)}, batches, threads=config.threads)["m"]
+        # The evaluation's full batches are the batch-32 timed runs (see latency_profile).
+        lat = latency_profile(
+            module, backend, pp.input_size, config.threads, runs=runs,
+            measured={32: ev.batch_seconds},
+        )  # fmt: skip
+        return ev, lat
+
+    # The FP32 reference once, up front: every recipe's agreement is against it.
+    _stage(progress, "sweep: FP32 reference", 0.0)
+    fp32_eval, fp32_lat = evaluate(inputs.model, None)
     for i, (changes, recipe, error) in enumerate(recipes):
         _stage(progress, f"sweep {i + 1}/{len(recipes)}", i / total)
         row = {
@@ -998,18 +1011,14 @@ def config_sweep(
         except UnsupportedCombination as err:
             rows.append({**row, **failed, "error": str(err)})
             continue
-        batches = data_mod.iter_batches(inputs.eval_items, pp, batch_size=32)
-        ev = evaluate_pair(inputs.model, qm.module, qm.backend, batches, threads=config.threads)
-        if fp32_eval is None:
-            fp32_eval = ev
-        lat = latency_profile(qm.module, qm.backend, pp.input_size, config.threads, runs=runs)
-        acc = accuracy(ev.labels, ev.quant)
+        ev, lat = evaluate(qm.module, qm.backend)
+        acc = accuracy(ev.labels, ev.predictions)
         rows.append(
             {
                 **row,
                 "accuracy": acc["accuracy"],
                 "top5": acc["top5"],
-                "agreement": float((ev.quant.top1 == ev.fp32.top1).mean()),
+                "agreement": float((ev.predictions.top1 == fp32_eval.predictions.top1).mean()),
                 "b1_p50": lat["b1_p50"],
                 "b1_p95": lat["b1_p95"],
                 "b32_p50": lat["b32_p50"],
@@ -1019,12 +1028,8 @@ def config_sweep(
                 "recipe": recipe.resolved().to_dict(),
             }
         )
-    _stage(progress, "sweep: FP32 reference", len(recipes) / total)
-    if fp32_eval is None:
-        batches = data_mod.iter_batches(inputs.eval_items, pp, batch_size=32)
-        fp32_eval = evaluate_pair(inputs.model, inputs.model, None, batches, threads=config.threads)
-    lat = latency_profile(inputs.model, None, pp.input_size, config.threads, runs=runs)
-    acc = accuracy(fp32_eval.labels, fp32_eval.fp32)
+    lat = fp32_lat
+    acc = accuracy(fp32_eval.labels, fp32_eval.predictions)
     reference = {
         "method": "fp32",
         "backend": "-",

@@ -24,6 +24,8 @@ import torch
 
 from aslquant.engine_lock import engine_session
 from aslquant.errors import InputError
+from aslquant.quantize import portable_copy
+from aslquant.serialize import save_packed
 
 Progress = Callable[[str, float], None]
 
@@ -33,6 +35,7 @@ LITE_DEPRECATION = (
 )
 
 FILE_NAMES = {
+    "packed": "quantized.packed.pt",
     "torchscript": "quantized.pt",
     "lite": "quantized.ptl",
     "onnx_fp32": "fp32.onnx",
@@ -75,11 +78,12 @@ def script_quantized(result) -> torch.jit.ScriptModule:
             "TorchScript export is not available for method pt2e (a torch.compile'd graph); "
             "choose static, fx, qat, dynamic or fp16"
         )
+    module = portable_copy(qm.module)
     with engine_session(qm.backend), torch.inference_mode():
         try:
-            return torch.jit.script(qm.module)
+            return torch.jit.script(module)
         except Exception:  # FX GraphModules and some wrappers only trace
-            return torch.jit.trace(qm.module, _example(result))
+            return torch.jit.trace(module, _example(result))
 
 
 def export_torchscript(result, path: Path) -> Path:
@@ -124,8 +128,11 @@ def _quiet_onnx_exporter():
 
 def export_onnx_fp32(result, path: Path) -> Path:
     """The FP32 model as ONNX with a dynamic batch dimension, weights inside the file."""
-    model = result.fp32_model.eval()
-    example = _example(result, 2)  # batch 2: torch.export specialises a size-1 dimension
+    # batch 2: torch.export specialises a size-1 dimension
+    return _export_fp32(result.fp32_model.eval(), _example(result, 2), path)
+
+
+def _export_fp32(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
     with _quiet_onnx_exporter(), torch.no_grad():
         torch.onnx.export(
             model,
@@ -194,7 +201,7 @@ def export_onnx_int8(result, fp32_path: Path, path: Path) -> Path:
 
 
 def export_models(result, out_dir: str | Path) -> dict[str, Path]:
-    """Write .pt, .ptl, FP32 .onnx and INT8 .onnx into ``out_dir``; return their paths.
+    """Write the packed state_dict, .pt, .ptl, FP32 .onnx and INT8 .onnx; return their paths.
 
     INT8 ONNX needs calibration images, so runs without them (dynamic, fp16) skip it.
 
@@ -203,6 +210,9 @@ def export_models(result, out_dir: str | Path) -> dict[str, Path]:
     """
     out = _out_dir(out_dir)
     files: dict[str, Path] = {}
+    # The file whose size the reports show (aslquant.serialize): reload it with
+    # load_packed + unpack_state_dict into a model quantized with the same recipe.
+    files["packed"] = save_packed(result.quantized.module, out / FILE_NAMES["packed"])
     files["torchscript"] = export_torchscript(result, out / FILE_NAMES["torchscript"])
     files["lite"], notes = export_lite(result, out / FILE_NAMES["lite"])
     files["onnx_fp32"] = export_onnx_fp32(result, out / FILE_NAMES["onnx_fp32"])
@@ -241,18 +251,40 @@ def ort_run(session, x: np.ndarray) -> np.ndarray:
 
 
 def _ort_latency(session, input_size: int, threads: int, runs: int) -> dict[str, float]:
-    from aslquant.measure import latency_ms
+    from aslquant.measure import latency_stats, time_calls
 
     out: dict[str, float] = {}
     generator = torch.Generator().manual_seed(0)
     for batch in (1, 32):
         x = torch.rand(batch, 3, input_size, input_size, generator=generator).numpy()
-        # torch's thread setting does not affect ORT (its own pool is sized by the session);
-        # the timer's num_threads only matters for torch code.
-        stats = latency_ms(lambda a, s=session: ort_run(s, a), x, runs=runs, threads=threads)
+        # torch's thread setting does not affect ORT (its own pool is sized by the session).
+        times = time_calls(lambda a, s=session: ort_run(s, a), x, runs, exclusive=True)
+        stats = latency_stats(times)
         out[f"b{batch}_p50"] = stats["p50"]
         out[f"b{batch}_p95"] = stats["p95"]
     return out
+
+
+def ort_fp32_baseline(model: torch.nn.Module, input_size: int, threads: int, runs: int) -> dict:
+    """ONNX Runtime on the FP32 model: the fastest FP32 a user has, so the second baseline
+    every speed-up is shown against. Exported (dynamo) to a temporary file, then timed like
+    torch: ``runs`` calls after warm-up at batch 1 and 32, ``threads`` intra-op threads.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / FILE_NAMES["onnx_fp32"]
+        example = torch.zeros(2, 3, input_size, input_size)
+        with engine_session():  # torch.export must not interleave with another session's
+            _export_fp32(model.eval(), example, path)
+        session = ort_session(path, threads)
+        latency = _ort_latency(session, input_size, threads, runs)
+        import onnxruntime as ort
+
+        return {
+            "latency_ms": latency,
+            "size_bytes": int(path.stat().st_size),
+            "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+            "threads": threads,
+        }
 
 
 def onnx_compare(

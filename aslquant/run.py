@@ -24,17 +24,20 @@ from aslquant.engine_lock import default_threads, engine_session
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
 from aslquant.measure import (
+    ModelEvaluation,
     PairEvaluation,
     accuracy,
     confusion,
+    evaluate_models,
     evaluate_pair,
     latency_profile,
+    pair,
     per_class_accuracy,
     serialized_size,
     torchscript_size,
 )
 from aslquant.model import CustomCNN, load_checkpoint
-from aslquant.quantize import Progress, QuantizedModel, quantize
+from aslquant.quantize import Progress, QuantizedModel, portable_copy, quantize
 from aslquant.recipe import QuantRecipe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +138,7 @@ class LoadedInputs:
     train_items: list
     skipped: list[tuple[str, str]]
     key: str
+    fp32_key: str
 
 
 def load_inputs(config: RunConfig) -> LoadedInputs:
@@ -191,8 +195,28 @@ def load_inputs(config: RunConfig) -> LoadedInputs:
         },
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    # The FP32 side depends on the model, the evaluation images and how they are measured,
+    # not on the recipe: runs that share these reuse one Fp32Baseline.
+    fp32_parts = {
+        "checkpoint": key_parts["checkpoint"],
+        "labels": key_parts["labels"],
+        "data": fingerprints[0],
+        "eval": [item.display for item in eval_items],
+        "preprocess": config.preprocess.to_dict(),
+        "threads": config.threads,
+        "latency_runs": config.latency_runs,
+    }
+    fp32_key = hashlib.sha256(json.dumps(fp32_parts, sort_keys=True).encode()).hexdigest()[:16]
     return LoadedInputs(
-        model, class_names, image_set, calib_items, eval_items, train_items, skipped, key
+        model,
+        class_names,
+        image_set,
+        calib_items,
+        eval_items,
+        train_items,
+        skipped,
+        key,
+        fp32_key,
     )
 
 
@@ -206,6 +230,83 @@ class ModelMetrics:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class Fp32Baseline:
+    """The FP32 model's side of a run, measured once and reused by every further recipe.
+
+    Valid for runs whose ``LoadedInputs.fp32_key`` equals ``key``: same checkpoint, labels,
+    evaluation images, preprocessing, threads and number of timed runs.
+    """
+
+    key: str
+    evaluation: ModelEvaluation
+    metrics: ModelMetrics
+    seconds: float
+    threads: int
+    input_size: int
+    latency_runs: int
+    #: ONNX Runtime FP32 figures (export.ort_fp32_baseline), filled in when measured.
+    onnx_fp32: dict | None = None
+
+
+def measure_fp32(
+    config: RunConfig, inputs: LoadedInputs, progress: Progress | None = None
+) -> Fp32Baseline:
+    """Evaluate and time the FP32 model alone (the dashboard does this as soon as a model
+    and images are chosen, so the first quantization does not wait for it)."""
+    started = time.perf_counter()
+    batches = data_mod.iter_batches(inputs.eval_items, config.preprocess, batch_size=32)
+    ev = evaluate_models(
+        {"fp32": (inputs.model, None)},
+        batches,
+        total=len(inputs.eval_items),
+        progress=progress,
+        threads=config.threads,
+    )["fp32"]
+    return _baseline(config, inputs, ev, started)
+
+
+def _baseline(
+    config: RunConfig, inputs: LoadedInputs, ev: ModelEvaluation, started: float
+) -> Fp32Baseline:
+    pp = config.preprocess
+    if ev.n == 0:
+        raise InputError(f"{config.data}: none of the evaluation images could be read")
+    metrics = _metrics(config, inputs.model, None, ev, pp)
+    return Fp32Baseline(
+        inputs.fp32_key,
+        ev,
+        metrics,
+        time.perf_counter() - started,
+        config.threads,
+        pp.input_size,
+        config.latency_runs,
+    )
+
+
+def _metrics(
+    config: RunConfig,
+    module: torch.nn.Module,
+    backend: str | None,
+    ev: ModelEvaluation,
+    pp: Preprocess,
+    scriptable: bool = True,
+) -> ModelMetrics:
+    lat = latency_profile(
+        module,
+        backend,
+        pp.input_size,
+        config.threads,
+        runs=config.latency_runs,
+        measured={32: ev.batch_seconds},
+    )
+    example = torch.zeros(1, 3, pp.input_size, pp.input_size)
+    with engine_session(backend):
+        ts_bytes = torchscript_size(portable_copy(module), example) if scriptable else None
+    acc = accuracy(ev.labels, ev.predictions)
+    return ModelMetrics(acc["accuracy"], acc["top5"], serialized_size(module), ts_bytes, lat)
 
 
 @dataclass
@@ -228,6 +329,7 @@ class RunResult:
     fp32_model: CustomCNN
     quantized: QuantizedModel
     calib_items: list
+    baseline: Fp32Baseline | None = None
     layers: list[dict] = field(default_factory=list)
     onnx: dict | None = None
     extra: dict = field(default_factory=dict)
@@ -300,9 +402,17 @@ def _stage(progress: Progress | None, stage: str, fraction: float) -> None:
 
 
 def execute(
-    config: RunConfig, progress: Progress | None = None, inputs: LoadedInputs | None = None
+    config: RunConfig,
+    progress: Progress | None = None,
+    inputs: LoadedInputs | None = None,
+    baseline: Fp32Baseline | None = None,
 ) -> RunResult:
-    """Quantize, evaluate and time one configuration; every figure in the result is measured."""
+    """Quantize, evaluate and time one configuration; every figure in the result is measured.
+
+    ``baseline``: the FP32 side measured earlier for the same model, images and settings
+    (``result.baseline`` of an earlier run, or ``measure_fp32``); ignored unless its key
+    matches, in which case the FP32 model is neither evaluated nor timed again.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     _stage(progress, "loading", 0.0)
@@ -351,39 +461,37 @@ def execute(
     timings["quantize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if baseline is not None and baseline.key != inputs.fp32_key:
+        baseline = None
+    models = {"int8": (quantized.module, quantized.backend)}
+    if baseline is None:
+        models["fp32"] = (inputs.model, None)
     batches = data_mod.iter_batches(inputs.eval_items, pp, batch_size=32, skipped=skipped)
-    evaluation = evaluate_pair(
-        inputs.model,
-        quantized.module,
-        quantized.backend,
-        batches,
-        total=len(inputs.eval_items),
-        progress=progress,
-        threads=config.threads,
+    evaluated = evaluate_models(
+        models, batches, total=len(inputs.eval_items), progress=progress, threads=config.threads
     )
-    if evaluation.n == 0:
+    if evaluated["int8"].n == 0:
         raise InputError(f"{config.data}: none of the evaluation images could be read")
     timings["evaluate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    example = torch.zeros(1, 3, pp.input_size, pp.input_size)
-    metrics = {}
-    for name, module, backend in (
-        ("fp32", inputs.model, None),
-        ("int8", quantized.module, quantized.backend),
-    ):
-        _stage(progress, f"timing {name}", 0.0)
-        lat = latency_profile(
-            module, backend, pp.input_size, config.threads, runs=config.latency_runs
-        )
-        with engine_session(backend):
-            ts_bytes = None if recipe.method == "pt2e" else torchscript_size(module, example)
-        preds = evaluation.fp32 if name == "fp32" else evaluation.quant
-        acc = accuracy(evaluation.labels, preds)
-        metrics[name] = ModelMetrics(
-            acc["accuracy"], acc["top5"], serialized_size(module), ts_bytes, lat
-        )
-        _stage(progress, f"timing {name}", 1.0)
+    _stage(progress, "timing", 0.0)
+    timings["fp32_reused"] = float(baseline is not None)
+    if baseline is None:
+        baseline = _baseline(config, inputs, evaluated["fp32"], t0)
+    evaluation = pair(baseline.evaluation, evaluated["int8"])
+    metrics = {
+        "fp32": baseline.metrics,
+        "int8": _metrics(
+            config,
+            quantized.module,
+            quantized.backend,
+            evaluated["int8"],
+            pp,
+            scriptable=recipe.method != "pt2e",
+        ),
+    }
+    _stage(progress, "timing", 1.0)
     timings["latency"] = time.perf_counter() - t0
 
     k = len(inputs.class_names)
@@ -404,6 +512,7 @@ def execute(
         fp32_model=inputs.model,
         quantized=quantized,
         calib_items=list(inputs.calib_items),
+        baseline=baseline,
     )
     timings["total"] = time.perf_counter() - started
     _stage(progress, "done", 1.0)

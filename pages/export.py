@@ -14,6 +14,9 @@ st.caption(
 )
 
 MODEL_FILES = {
+    "packed": ("Packed state_dict (.pt)", "application/octet-stream",
+               "the size shown on every page; aslquant.serialize.load_packed, then "
+               "load_state_dict into the same recipe's model"),
     "torchscript": ("TorchScript (.pt)", "application/octet-stream",
                     "torch.jit.load on a server or desktop"),
     "lite": ("PyTorch Lite (.ptl)", "application/octet-stream",

@@ -29,8 +29,10 @@ def batch(run):
     return run.calibration[:6]
 
 
-def test_all_four_files_written(files, run):
-    assert set(files) == {"torchscript", "lite", "onnx_fp32", "onnx_int8"}
+def test_all_five_files_written(files, run):
+    assert set(files) == {"packed", "torchscript", "lite", "onnx_fp32", "onnx_int8"}
+    # The size every page reports is the size of a file the user can download.
+    assert files["packed"].stat().st_size == run.int8.size_bytes
     for path in files.values():
         assert path.is_file() and path.stat().st_size > 10_000
     assert files["lite"].suffix == ".ptl" and files["torchscript"].suffix == ".pt"
