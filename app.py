@@ -26,6 +26,9 @@ nav = st.navigation(PAGES)
 
 with st.sidebar:
     src = state.source()
+    # Measure the FP32 side (once per model and image set, in the background) while the user
+    # reads the pages, so the first Quantize only waits for the quantized model.
+    state.prefetch_baseline(src)
     st.caption(f"Model: **{src.name}**  ·  input {src.preprocess.input_size} px")
     if state.runs():
         state.run_picker(st, "Current run", key="sidebar_run")
