@@ -1,92 +1,186 @@
-"""Print the README's benchmark table: every backend and method on the demo, plus ONNX Runtime.
+"""The benchmark: every backend and method on the demo, both FP32 baselines, the dashboard.
 
-    .venv/bin/python bench/latency.py [--threads 2] [--runs 50] [--markdown]
+    .venv/bin/python bench/latency.py [--threads 2] [--runs 30] [--eval-images N] [--no-dashboard]
 
-Each row is one `execute()` of the engine (the same code as `python -m aslquant report`):
-accuracy on the demo's evaluation split, state_dict size, and latency medians/p95 measured with
-torch.utils.benchmark after warm-up at a fixed thread count. FP32 is re-timed in every run, so
-each row also carries its own FP32/INT8 ratio from the same process and moment.
+One process, in this order: the FP32 model is evaluated and timed once (torch eager, as
+loaded); each quantized row is one `execute()` of the engine (the code behind `python -m
+aslquant report` and the dashboard) reusing that FP32 baseline, so every ratio is against FP32
+measured in the same process; then ONNX Runtime FP32 and INT8 (QDQ, per-channel, calibrated
+on the same 64 images). Latency: median and p95 over >= 30 timed calls after warm-up at a
+fixed thread count; the batch-32 samples are the evaluation's full batches. Sizes: the packed
+state_dict (aslquant.serialize), the same container for FP32 and INT8; ONNX rows: file size.
+Then the targets of the performance issue with the measured value of each, and the
+dashboard's timings (bench/dashboard.py). Prints markdown: paste it into the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from aslquant.run import RunConfig, execute  # noqa: E402
+import aslquant  # noqa: E402, F401  (the one place deprecation noise is silenced)
+from aslquant.errors import InputError, UnsupportedCombination  # noqa: E402
+from aslquant.run import RunConfig, execute, load_inputs, measure_fp32  # noqa: E402
 
-ROWS = [
-    ("static", "x86"),
-    ("static", "onednn"),
-    ("static", "fbgemm"),
-    ("static", "qnnpack"),
-    ("fx", "x86"),
-    ("dynamic", "x86"),
-    ("fp16", "x86"),
-    ("pt2e", "x86"),
-]
+BACKENDS = ("x86", "onednn", "fbgemm", "qnnpack")
+METHODS = ("static", "fx", "pt2e")
+METHOD_NAMES = {"static": "static (eager)", "fx": "FX graph", "pt2e": "PT2E + torch.compile"}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores"
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return sha + (" (+ uncommitted changes)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def _lat(lat: dict, batch: int) -> str:
+    return f"{lat[f'b{batch}_p50']:.2f} / {lat[f'b{batch}_p95']:.2f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--eval-images", type=int, default=None, help="default: all 1096")
+    parser.add_argument("--no-dashboard", action="store_true")
     args = parser.parse_args()
-    print(
-        f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{args.threads} threads, {args.runs} timed runs per figure, demo sample_data/ "
-        f"({args.eval_images or 'all'} evaluation images)"
-    )
-    header = (
-        "| model | runtime | top-1 | size (KB) | b1 p50 / p95 (ms) | b32 p50 / p95 (ms) "
-        "| speed-up b1 vs FP32 |"
-    )
-    print(header)
-    print("|---|---|---|---|---|---|---|")
-    first = None
-    for method, backend in ROWS:
-        config = RunConfig(
-            threads=args.threads, latency_runs=args.runs, eval_images=args.eval_images
-        ).with_recipe(method=method, backend=backend)
-        result = execute(config)
-        if first is None:
-            first = result
-            _row("FP32", "torch eager", result.fp32, 1.0)
-        ratio = result.fp32.latency_ms["b1_p50"] / result.int8.latency_ms["b1_p50"]
-        name = "FP16 weights" if method == "fp16" else f"INT8 {method}"
-        _row(name, f"torch {backend}" if method != "fp16" else "torch", result.int8, ratio)
-    if not args.no_onnx:
-        from aslquant.export import onnx_compare
 
-        onnx = onnx_compare(first)
-        fp32_b1 = first.fp32.latency_ms["b1_p50"]
-        for key, label in (("fp32", "FP32"), ("int8", "INT8 QDQ")):
-            row = onnx[key]
-            ratio = fp32_b1 / row["latency_ms"]["b1_p50"]
-            lat = row["latency_ms"]
-            print(
-                f"| {label} | ONNX Runtime | {100 * row['accuracy']:.1f}% | "
-                f"{row.get('size_bytes', 0) / 1024:.0f} | {lat['b1_p50']:.2f} / {lat['b1_p95']:.2f} "
-                f"| {lat['b32_p50']:.1f} / {lat['b32_p95']:.1f} | {ratio:.2f}x |"
+    import onnxruntime
+
+    base_config = RunConfig(
+        threads=args.threads, latency_runs=args.runs, eval_images=args.eval_images
+    )
+    baseline = measure_fp32(base_config, load_inputs(base_config))
+    fp32 = baseline.metrics
+    print(
+        f"Measured {datetime.date.today().isoformat()} on {machine()}; commit {commit()}; "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; {args.threads} "
+        f"threads; {baseline.evaluation.n} demo evaluation images; {args.runs} timed calls "
+        "per figure after warm-up.\n"
+    )
+    print(
+        "| model | method | runtime / backend | top-1 | size (bytes) | FP32/size | "
+        "b1 p50 / p95 (ms) | b1 speed-up | b32 p50 / p95 (ms) | b32 speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def row(model, method, runtime, accuracy, size, lat) -> None:
+        b1 = fp32.latency_ms["b1_p50"] / lat["b1_p50"]
+        b32 = fp32.latency_ms["b32_p50"] / lat["b32_p50"]
+        print(
+            f"| {model} | {method} | {runtime} | {100 * accuracy:.2f}% | {size:,} | "
+            f"{fp32.size_bytes / size:.2f}x | {_lat(lat, 1)} | {b1:.2f}x | {_lat(lat, 32)} | "
+            f"{b32:.2f}x |"
+        )
+
+    row("FP32", "-", "torch eager", fp32.accuracy, fp32.size_bytes, fp32.latency_ms)
+    results = {}
+    for method in METHODS:
+        for backend in BACKENDS:
+            try:
+                config = base_config.with_recipe(method=method, backend=backend)
+                result = execute(config, baseline=baseline)
+            except (UnsupportedCombination, InputError) as err:
+                reason = str(err).split(";")[0]
+                print(f"| INT8 | {METHOD_NAMES[method]} | torch {backend} | n/a: {reason} |||||||")
+                continue
+            results[(method, backend)] = result
+            q = result.int8
+            row(
+                "INT8",
+                METHOD_NAMES[method],
+                f"torch {backend}",
+                q.accuracy,
+                q.size_bytes,
+                q.latency_ms,
             )
+            print(f"<!-- {method}/{backend}: quantize {result.timings_s['quantize']:.1f} s -->")
+
+    from aslquant.export import onnx_compare
+
+    reference = results[("static", "x86")]
+    onnx = onnx_compare(reference)
+    for key, label in (("fp32", "FP32"), ("int8", "INT8")):
+        r = onnx[key]
+        method = "-" if key == "fp32" else "QDQ static, per-channel"
+        row(label, method, "ONNX Runtime", r["accuracy"], r["size_bytes"], r["latency_ms"])
+
+    # --- the targets ----------------------------------------------------------------------
+    best = min(results.values(), key=lambda r: r.int8.latency_ms["b1_p50"])
+    best32 = min(results.values(), key=lambda r: r.int8.latency_ms["b32_p50"])
+    q1, q32 = best.int8.latency_ms["b1_p50"], best32.int8.latency_ms["b32_p50"]
+    ort_f, ort_q = onnx["fp32"]["latency_ms"], onnx["int8"]["latency_ms"]
+    static_x86 = reference.int8
+    checks = [
+        ("best INT8 vs torch FP32, batch 1", fp32.latency_ms["b1_p50"] / q1, ">=", 4.0, best),
+        ("best INT8 vs torch FP32, batch 32", fp32.latency_ms["b32_p50"] / q32, ">=", 5.0, best32),
+        ("best INT8 vs ONNX Runtime FP32, batch 1", ort_f["b1_p50"] / q1, ">=", 2.0, best),
+        ("best INT8 vs ONNX Runtime FP32, batch 32", ort_f["b32_p50"] / q32, ">=", 2.0, best32),
+        ("best INT8 / ONNX Runtime INT8 latency, batch 1", q1 / ort_q["b1_p50"], "<=", 0.8, best),
+        (
+            "best INT8 / ONNX Runtime INT8 latency, batch 32",
+            q32 / ort_q["b32_p50"],
+            "<=",
+            0.8,
+            best32,
+        ),
+        (
+            "FP32 / INT8 size (static x86)",
+            fp32.size_bytes / static_x86.size_bytes,
+            ">=",
+            3.8,
+            reference,
+        ),
+    ]
+    print("\n| target | measured | goal | verdict | row |")
+    print("|---|---|---|---|---|")
+    for name, value, op, goal, result in checks:
+        met = value >= goal if op == ">=" else value <= goal
+        recipe = result.config.recipe
+        print(
+            f"| {name} | {value:.2f}x | {op} {goal:g}x | {'met' if met else 'MISSED'} | "
+            f"{recipe.method} {recipe.backend} |"
+        )
+
+    if not args.no_dashboard:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import dashboard
+
+        print()
+        dashboard.print_table(dashboard.measure())
     return 0
-
-
-def _row(name: str, runtime: str, m, ratio: float) -> None:
-    lat = m.latency_ms
-    print(
-        f"| {name} | {runtime} | {100 * m.accuracy:.1f}% | {m.size_bytes / 1024:.0f} | "
-        f"{lat['b1_p50']:.2f} / {lat['b1_p95']:.2f} | {lat['b32_p50']:.1f} / {lat['b32_p95']:.1f} "
-        f"| {ratio:.2f}x |"
-    )
 
 
 if __name__ == "__main__":

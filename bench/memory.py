@@ -68,7 +68,8 @@ def measure(frames: int, runs: int, eval_images: int) -> dict[str, float]:
 
     def run(i: int):
         config = RunConfig(eval_images=eval_images).with_recipe(**RECIPES[i % len(RECIPES)])
-        result = execute(config)
+        # As in the dashboard, a further recipe on the same model reuses the FP32 baseline.
+        result = execute(config, baseline=history[-1].baseline if history else None)
         history.append(result)
         del history[:-MAX_RUNS]
         live.set_models(ModelPair.from_result(result, label=f"run {i}"))
