@@ -250,7 +250,9 @@ def ort_run(session, x: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
-def _ort_latency(session, input_size: int, threads: int, runs: int) -> dict[str, float]:
+def _ort_latency(
+    session, input_size: int, threads: int, runs: int, guard=engine_session
+) -> dict[str, float]:
     from aslquant.measure import latency_stats, time_calls
 
     out: dict[str, float] = {}
@@ -258,25 +260,28 @@ def _ort_latency(session, input_size: int, threads: int, runs: int) -> dict[str,
     for batch in (1, 32):
         x = torch.rand(batch, 3, input_size, input_size, generator=generator).numpy()
         # torch's thread setting does not affect ORT (its own pool is sized by the session).
-        times = time_calls(lambda a, s=session: ort_run(s, a), x, runs, exclusive=True)
+        times = time_calls(lambda a, s=session: ort_run(s, a), x, runs, guard=guard)
         stats = latency_stats(times)
         out[f"b{batch}_p50"] = stats["p50"]
         out[f"b{batch}_p95"] = stats["p95"]
     return out
 
 
-def ort_fp32_baseline(model: torch.nn.Module, input_size: int, threads: int, runs: int) -> dict:
+def ort_fp32_baseline(
+    model: torch.nn.Module, input_size: int, threads: int, runs: int, guard=engine_session
+) -> dict:
     """ONNX Runtime on the FP32 model: the fastest FP32 a user has, so the second baseline
     every speed-up is shown against. Exported (dynamo) to a temporary file, then timed like
     torch: ``runs`` calls after warm-up at batch 1 and 32, ``threads`` intra-op threads.
+    ``guard`` is entered around the export and each timed call (default: the engine lock).
     """
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / FILE_NAMES["onnx_fp32"]
         example = torch.zeros(2, 3, input_size, input_size)
-        with engine_session():  # torch.export must not interleave with another session's
+        with guard():  # torch.export must not interleave with another session's work
             _export_fp32(model.eval(), example, path)
         session = ort_session(path, threads)
-        latency = _ort_latency(session, input_size, threads, runs)
+        latency = _ort_latency(session, input_size, threads, runs, guard)
         import onnxruntime as ort
 
         return {

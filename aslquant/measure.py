@@ -52,17 +52,17 @@ def time_calls(
     runs: int,
     warmup: int = 3,
     *,
-    exclusive: bool = False,
+    guard: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> np.ndarray:
     """Seconds taken by each of ``runs`` calls of ``run(example)``, after ``warmup`` calls.
 
     A plain ``perf_counter`` around each call: ``torch.utils.benchmark.Timer.timeit(1)``
     silently adds two warm-up calls per sample, which tripled the cost of every timing (30
-    FP32 batch-32 samples took 43 s instead of 13 s). ``exclusive``: take the engine lock
-    around each call (outside the timed span) for runtimes that do not otherwise hold it
-    (ONNX Runtime), so a background measurement never overlaps another session's timing.
+    FP32 batch-32 samples took 43 s instead of 13 s). ``guard``: entered around each call,
+    outside the timed span — ONNX Runtime timings pass the engine lock (or a guard that also
+    waits for foreground work), so they never overlap another session's measurement.
     """
-    guard = engine_session if exclusive else contextlib.nullcontext
+    guard = guard or contextlib.nullcontext
     with torch.inference_mode():
         for _ in range(warmup):
             with guard():

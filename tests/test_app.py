@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,9 @@ def test_default_quantize_produces_summary(quantized_app: AppTest) -> None:
     ratio = r.fp32.size_bytes / r.int8.size_bytes
     assert metrics["Size: x smaller"] == f"{ratio:.2f}x"
     assert ratio > 3  # INT8 weights are a quarter of FP32 ones
-    assert "Speed-up, batch 1" in metrics and "Speed-up, batch 32" in metrics
+    for batch in (1, 32):
+        speedup = r.fp32.latency_ms[f"b{batch}_p50"] / r.int8.latency_ms[f"b{batch}_p50"]
+        assert metrics[f"Speed-up vs torch FP32, batch {batch}"] == f"{speedup:.2f}x"
     assert metrics["Same top-1"] == f"{100 * r.agreement:.2f}%"
     assert r.n_eval == 29 * PER_CLASS - 64
     assert r.config.recipe.method == "static" and r.config.latency_runs >= 30
@@ -279,3 +282,22 @@ def test_live_processor_from_another_thread(pair) -> None:
     # New models restart the statistics.
     proc.set_models(dataclasses.replace(pair, label="other"))
     assert proc.snapshot() is None
+
+
+@pytest.mark.slow
+def test_summary_also_shows_the_speed_up_against_onnx_runtime_fp32(quantized_app: AppTest) -> None:
+    from aslquant.ui.baseline import STORE
+
+    deadline = time.monotonic() + TIMEOUT
+    while STORE.busy() and time.monotonic() < deadline:  # ONNX Runtime is timed in the background
+        time.sleep(0.5)
+    at = quantized_app.run()
+    _no_errors(at)
+    r = _current(at).result
+    ort = r.baseline.onnx_fp32
+    assert ort and "latency_ms" in ort, ort
+    metrics = {m.label: m.value for m in at.metric}
+    for batch in (1, 32):
+        speedup = ort["latency_ms"][f"b{batch}_p50"] / r.int8.latency_ms[f"b{batch}_p50"]
+        assert metrics[f"Speed-up vs ONNX Runtime FP32, batch {batch}"] == f"{speedup:.2f}x"
+    assert "than ONNX Runtime FP32" in at.markdown[0].value

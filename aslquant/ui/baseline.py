@@ -10,11 +10,14 @@ quantization on the same inputs reuses it. Entries are keyed by ``LoadedInputs.f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from aslquant.engine_lock import engine_session
 from aslquant.run import Fp32Baseline, LoadedInputs, RunConfig, measure_fp32
 
 log = logging.getLogger("aslquant.ui")
@@ -39,11 +42,33 @@ class BaselineStore:
     """Thread-safe, bounded map of fp32_key -> job; one worker measures at a time."""
 
     def __init__(self, max_entries: int = MAX_BASELINES) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # ensure() submits while holding it
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._max = max_entries
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aslquant-fp32")
         self._pending = 0  # tasks submitted to the worker and not finished
+        self._foreground = 0  # quantization runs in progress in any session
+        self._idle = threading.Condition(self._lock)
+
+    @contextlib.contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Mark a user's quantization run: background timing pauses until it ends."""
+        with self._lock:
+            self._foreground += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._foreground -= 1
+                self._idle.notify_all()
+
+    @contextlib.contextmanager
+    def _background_turn(self) -> Iterator[None]:
+        """Wait until no run is in progress, then hold the engine lock (one timed call)."""
+        with self._lock:
+            self._idle.wait_for(lambda: self._foreground == 0)
+        with engine_session():
+            yield
 
     def busy(self) -> bool:
         """Whether the worker is still measuring something (an FP32 or ONNX baseline)."""
@@ -118,13 +143,16 @@ class BaselineStore:
         if onnx:
             self._measure_onnx(baseline, inputs.model)
 
-    @staticmethod
-    def _measure_onnx(baseline: Fp32Baseline, model) -> None:
+    def _measure_onnx(self, baseline: Fp32Baseline, model) -> None:
         from aslquant.export import ort_fp32_baseline
 
         try:
             baseline.onnx_fp32 = ort_fp32_baseline(
-                model, baseline.input_size, baseline.threads, baseline.latency_runs
+                model,
+                baseline.input_size,
+                baseline.threads,
+                baseline.latency_runs,
+                guard=self._background_turn,
             )
         except Exception as err:  # ORT is a second opinion; its failure must not break a run
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
