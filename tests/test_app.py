@@ -291,7 +291,8 @@ def test_summary_also_shows_the_speed_up_against_onnx_runtime_fp32(quantized_app
     deadline = time.monotonic() + TIMEOUT
     while STORE.busy() and time.monotonic() < deadline:  # ONNX Runtime is timed in the background
         time.sleep(0.5)
-    at = quantized_app.run()
+    # Earlier tests may have left this session on another page.
+    at = quantized_app.switch_page("pages/quantize.py").run()
     _no_errors(at)
     r = _current(at).result
     ort = r.baseline.onnx_fp32

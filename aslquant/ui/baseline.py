@@ -47,6 +47,7 @@ class BaselineStore:
         self._max = max_entries
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aslquant-fp32")
         self._pending = 0  # tasks submitted to the worker and not finished
+        self._onnx_queued: set[int] = set()  # ids of baselines whose ONNX side is queued
         self._foreground = 0  # quantization runs in progress in any session
         self._idle = threading.Condition(self._lock)
 
@@ -119,13 +120,15 @@ class BaselineStore:
     def adopt(self, baseline: Fp32Baseline, model, onnx: bool = True) -> None:
         """Keep a baseline a run measured itself; measure its ONNX Runtime side later."""
         with self._lock:
-            if baseline.key in self._jobs and self._jobs[baseline.key].future.done():
+            if self.ready(baseline.key) is not baseline:
+                # New, or replacing a failed/other measurement of the same inputs.
+                job = _Job()
+                job.future.set_result(baseline)
+                self._remember(baseline.key, job)
+            if not onnx or baseline.onnx_fp32 is not None or id(baseline) in self._onnx_queued:
                 return
-            job = _Job()
-            job.future.set_result(baseline)
-            self._remember(baseline.key, job)
-        if onnx and baseline.onnx_fp32 is None:
-            self._submit(self._measure_onnx, baseline, model)
+            self._onnx_queued.add(id(baseline))
+        self._submit(self._measure_onnx, baseline, model)
 
     def _remember(self, key: str, job: _Job) -> None:
         self._jobs[key] = job
@@ -139,11 +142,21 @@ class BaselineStore:
             log.warning("FP32 baseline failed: %s", err)
             job.future.set_exception(err)
             return
+        if onnx:
+            with self._lock:  # before anyone can see it: a run adopting it must not re-queue
+                self._onnx_queued.add(id(baseline))
         job.future.set_result(baseline)
         if onnx:
             self._measure_onnx(baseline, inputs.model)
 
     def _measure_onnx(self, baseline: Fp32Baseline, model) -> None:
+        try:
+            self._measure_onnx_now(baseline, model)
+        finally:
+            with self._lock:
+                self._onnx_queued.discard(id(baseline))
+
+    def _measure_onnx_now(self, baseline: Fp32Baseline, model) -> None:
         from aslquant.export import ort_fp32_baseline
 
         try:
