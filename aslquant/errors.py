@@ -7,6 +7,8 @@ dashboard shows it with ``st.error``. Anything else is a bug and is allowed to s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class InputError(ValueError):
     """Bad input from the user: a file, a folder or an option. ``str(err)`` is one line."""
@@ -18,3 +20,15 @@ class InputError(ValueError):
 
 class UnsupportedCombination(InputError):
     """A recipe torch cannot run (e.g. an observer/qscheme the backend rejects)."""
+
+
+def read_input_file(path: str | Path, what: str, label: str | None = None) -> bytes:
+    """The bytes of a user's file, or an InputError saying it is missing or empty."""
+    label = label or str(path)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{label}: {what} file not found")
+    data = path.read_bytes()
+    if not data:
+        raise InputError(f"{label}: {what} file is empty")
+    return data

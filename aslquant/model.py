@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aslquant.errors import InputError
+from aslquant.errors import InputError, read_input_file
 
 #: The layers that hold weights, in forward order. Every per-layer table uses these names.
 LAYER_NAMES: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
@@ -120,13 +120,7 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
 def read_state_dict(source: str | Path | bytes, name: str | None = None) -> dict[str, torch.Tensor]:
     """Read a checkpoint with ``weights_only=True`` (no code from the file ever runs)."""
     label = name or (str(source) if not isinstance(source, bytes) else "checkpoint")
-    if isinstance(source, bytes):
-        data = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise InputError(f"{label}: checkpoint file not found")
-        data = path.read_bytes()
+    data = source if isinstance(source, bytes) else read_input_file(source, "checkpoint", label)
     if not data:
         raise InputError(f"{label}: checkpoint file is empty")
     # torch.save writes a zip archive; very old torch versions wrote a bare pickle.

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aslquant.errors import InputError
+from aslquant.errors import InputError, read_input_file
 
 FORMAT = "aslquant.packed-state-dict"
 VERSION = 1
@@ -394,12 +394,7 @@ def load_packed(path: str | Path) -> dict:
     raises ``InputError`` with one line naming the file and what is wrong.
     """
     label = str(path)
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{label}: packed state_dict file not found")
-    data = path.read_bytes()
-    if not data:
-        raise InputError(f"{label}: packed state_dict file is empty")
+    data = read_input_file(path, "packed state_dict")
     if not data.startswith(b"PK\x03\x04"):
         raise InputError(f"{label}: not a packed state_dict (not a torch.save zip archive)")
     try:
