@@ -177,7 +177,7 @@ with state.guard("the Quantize page"):
             index=[
                 "top-1 accuracy",
                 "top-5 accuracy",
-                "size (state_dict)",
+                "size (packed state_dict)",
                 "size (TorchScript)",
                 "latency batch 1 p50 / p95 (ms)",
                 "latency batch 32 p50 / p95 (ms)",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from aslquant.data import Preprocess
 from aslquant.run import RunConfig, execute
 
 BACKENDS = ("x86", "qnnpack", "onednn")
@@ -20,7 +21,8 @@ OBSERVER = {"x86": "histogram", "qnnpack": "minmax", "onednn": "moving-average"}
 
 
 def _config(backend: str) -> RunConfig:
-    return RunConfig(eval_images=87, threads=1).with_recipe(
+    # 96 px: each run times 30 FP32 batches of 32; at 224 px that alone took ~25 s a run.
+    return RunConfig(eval_images=87, threads=1, preprocess=Preprocess(input_size=96)).with_recipe(
         backend=backend, act_observer=OBSERVER[backend], calib_images=32
     )
 
