@@ -265,14 +265,6 @@ def prefetch_baseline(src: Source | None = None) -> None:
     st.session_state["aslquant_prefetched"] = marker
 
 
-def baseline_status(key: str) -> tuple[str, float] | None:
-    """(stage, fraction) while the FP32 baseline for ``key`` is being measured, else None."""
-    job = STORE.job(key)
-    if job is None or job.future.done():
-        return None
-    return job.stage, job.fraction
-
-
 def runs() -> list[RunEntry]:
     """This session's runs, oldest first (at most MAX_RUNS)."""
     return st.session_state.setdefault(_RUNS, [])
