@@ -589,11 +589,17 @@ def _evaluate_variants(
     }
 
 
-def _scores(labels: np.ndarray, pred: np.ndarray, fp32: np.ndarray) -> dict:
-    return {
+def _scores(
+    labels: np.ndarray, pred: np.ndarray, fp32: np.ndarray, fp32_accuracy: float | None = None
+) -> dict:
+    """Top-1 accuracy and agreement with FP32; with ``fp32_accuracy``, the drop in points."""
+    out = {
         "accuracy": float((pred == labels).mean()) if len(labels) else math.nan,
         "agreement": float((pred == fp32).mean()) if len(labels) else math.nan,
     }
+    if fp32_accuracy is not None:
+        out["drop_points"] = 100.0 * (fp32_accuracy - out["accuracy"])
+    return out
 
 
 def _requantize(result, keep: tuple[str, ...], calibration: torch.Tensor):
@@ -651,14 +657,12 @@ def sensitivity(
     ref_int8 = _scores(ev["labels"], ev["int8"], ev["fp32"])["accuracy"]
     rows = []
     for name in layers:
-        s = _scores(ev["labels"], ev["preds"][name], ev["fp32"])
+        s = _scores(ev["labels"], ev["preds"][name], ev["fp32"], ref_fp32)
         rows.append(
             {
                 "layer": name,
                 "keep_fp32": list(base_keep + (name,)),
-                "accuracy": s["accuracy"],
-                "agreement": s["agreement"],
-                "drop_points": 100.0 * (ref_fp32 - s["accuracy"]),
+                **s,
                 "gain_points": 100.0 * (s["accuracy"] - ref_int8),
                 "fp32_accuracy": ref_fp32,
                 "int8_accuracy": ref_int8,
@@ -715,13 +719,10 @@ def greedy_mixed_precision(
         ev = _evaluate_variants(
             result, {"v": (qm.module, qm.backend)}, max_images, None, "mixed precision"
         )
-        s = _scores(ev["labels"], ev["preds"]["v"], ev["fp32"])
         steps.append(
             {
                 "keep_fp32": [layer for layer in LAYER_NAMES if layer in keep],
-                "accuracy": s["accuracy"],
-                "agreement": s["agreement"],
-                "drop_points": 100.0 * (fp32_acc - s["accuracy"]),
+                **_scores(ev["labels"], ev["preds"]["v"], ev["fp32"], fp32_acc),
                 "size_bytes": _state_bytes(qm.module),
             }
         )
@@ -899,13 +900,10 @@ def bit_sweep(
     fp32_acc = _scores(ev["labels"], ev["fp32"], ev["fp32"])["accuracy"]
     rows = []
     for b in bits:
-        s = _scores(ev["labels"], ev["preds"][b], ev["fp32"])
         rows.append(
             {
                 "bits": b,
-                "accuracy": s["accuracy"],
-                "agreement": s["agreement"],
-                "drop_points": 100.0 * (fp32_acc - s["accuracy"]),
+                **_scores(ev["labels"], ev["preds"][b], ev["fp32"], fp32_acc),
                 "weight_sqnr_db": weight_sqnr[b],
                 "activation_sqnr_db": ev["logit_sqnr"][b],
                 "simulated": True,

@@ -190,15 +190,11 @@ def report_html(report: dict) -> str:
                     [
                         r["name"] + ("" if r.get("quantized", True) else " (float)"),
                         _db(r.get("weight_sqnr_db")),
-                        "n/a" if r.get("weight_mse") is None else f"{r['weight_mse']:.3g}",
+                        _mse(r),
                         _db(r.get("activation_sqnr_db")),
                         _db(r.get("activation_sqnr_isolated_db")),
-                        "n/a"
-                        if r.get("act_min") is None
-                        else f"{r['act_min']:.3g} .. {r['act_max']:.3g}",
-                        "n/a"
-                        if r.get("act_scale") is None
-                        else f"{r['act_scale']:.3g} / {r['act_zero_point']}",
+                        _act_range(r),
+                        _act_qparams(r),
                     ]
                     for r in layers
                 ],
@@ -209,22 +205,7 @@ def report_html(report: dict) -> str:
     if sens:
         add("<h2>Sensitivity: one layer kept in FP32</h2>")
         add(_figure(figures.sensitivity_figure(sens), "sensitivity"))
-        add(
-            _table(
-                ["rank", "layer in FP32", "top-1", "agreement", "drop (points)", "gain (points)"],
-                [
-                    [
-                        r["rank"],
-                        r["layer"],
-                        _pct(r["accuracy"]),
-                        _pct(r["agreement"]),
-                        f"{r['drop_points']:.2f}",
-                        f"{r['gain_points']:+.2f}",
-                    ]
-                    for r in sens
-                ],
-            )
-        )
+        add(_table(*_sensitivity_table(sens)))
     mixed = report.get("mixed_precision")
     if mixed:
         add("<h2>Mixed precision search</h2>")
@@ -233,20 +214,7 @@ def report_html(report: dict) -> str:
             f"<p>Target drop {mixed['target_drop_points']:.2f} points: {verdict} keeping "
             f"<b>{_esc(', '.join(mixed['keep_fp32']) or 'no layer')}</b> in FP32.</p>"
         )
-        add(
-            _table(
-                ["layers in FP32", "top-1", "agreement", "drop (points)"],
-                [
-                    [
-                        ", ".join(s["keep_fp32"]) or "(none)",
-                        _pct(s["accuracy"]),
-                        _pct(s["agreement"]),
-                        f"{s['drop_points']:.2f}",
-                    ]
-                    for s in mixed["steps"]
-                ],
-            )
-        )
+        add(_table(*_mixed_table(mixed)))
     bits = report.get("bit_sweep")
     if bits:
         add("<h2>Bit-width sweep (simulated)</h2>")
@@ -255,21 +223,7 @@ def report_html(report: dict) -> str:
             "would do, not measured INT8 kernels.</p>"
         )
         add(_figure(figures.bit_sweep_figure(bits), "bits"))
-        add(
-            _table(
-                ["bits", "top-1 (simulated)", "agreement", "weight SQNR (dB)", "output SQNR (dB)"],
-                [
-                    [
-                        r["bits"],
-                        _pct(r["accuracy"]),
-                        _pct(r["agreement"]),
-                        _db(r.get("weight_sqnr_db")),
-                        _db(r.get("activation_sqnr_db")),
-                    ]
-                    for r in bits
-                ],
-            )
-        )
+        add(_table(*_bit_sweep_table(bits)))
     sweep = report.get("sweep")
     if sweep:
         add("<h2>Configuration sweep</h2>")
@@ -334,6 +288,66 @@ def _sweep_table(sweep: list[dict]) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
+def _sensitivity_table(sens: list[dict]) -> tuple[list[str], list[list]]:
+    headers = ["rank", "layer in FP32", "top-1", "agreement", "drop (points)", "gain (points)"]
+    rows = [
+        [
+            r["rank"],
+            r["layer"],
+            _pct(r["accuracy"]),
+            _pct(r["agreement"]),
+            f"{r['drop_points']:.2f}",
+            f"{r['gain_points']:+.2f}",
+        ]
+        for r in sens
+    ]
+    return headers, rows
+
+
+def _mixed_table(mixed: dict) -> tuple[list[str], list[list]]:
+    rows = [
+        [
+            ", ".join(s["keep_fp32"]) or "(none)",
+            _pct(s["accuracy"]),
+            _pct(s["agreement"]),
+            f"{s['drop_points']:.2f}",
+        ]
+        for s in mixed["steps"]
+    ]
+    return ["layers in FP32", "top-1", "agreement", "drop (points)"], rows
+
+
+def _bit_sweep_table(bits: list[dict]) -> tuple[list[str], list[list]]:
+    headers = ["bits", "top-1 (simulated)", "agreement", "weight SQNR (dB)", "output SQNR (dB)"]
+    rows = [
+        [
+            r["bits"],
+            _pct(r["accuracy"]),
+            _pct(r["agreement"]),
+            _db(r.get("weight_sqnr_db")),
+            _db(r.get("activation_sqnr_db")),
+        ]
+        for r in bits
+    ]
+    return headers, rows
+
+
+def _mse(layer: dict) -> str:
+    return "n/a" if layer.get("weight_mse") is None else f"{layer['weight_mse']:.3g}"
+
+
+def _act_range(layer: dict) -> str:
+    if layer.get("act_min") is None:
+        return "n/a"
+    return f"{layer['act_min']:.3g} .. {layer['act_max']:.3g}"
+
+
+def _act_qparams(layer: dict) -> str:
+    if layer.get("act_scale") is None:
+        return "n/a"
+    return f"{layer['act_scale']:.3g} / {layer['act_zero_point']}"
+
+
 def _qat_table(qat: dict) -> tuple[list[str], list[list]]:
     rows = [["FP32", "", _pct(qat["fp32_accuracy"])]]
     rows.append(["post-training static", "", _pct(qat["ptq"]["accuracy"])])
@@ -360,13 +374,9 @@ def analysis_markdown(report: dict) -> str:
                 [
                     r["name"],
                     _db(r.get("activation_sqnr_isolated_db")),
-                    "n/a" if r.get("weight_mse") is None else f"{r['weight_mse']:.3g}",
-                    "n/a"
-                    if r.get("act_min") is None
-                    else f"{r['act_min']:.3g} .. {r['act_max']:.3g}",
-                    "n/a"
-                    if r.get("act_scale") is None
-                    else f"{r['act_scale']:.3g} / {r['act_zero_point']}",
+                    _mse(r),
+                    _act_range(r),
+                    _act_qparams(r),
                 ]
                 for r in layers
             ],
@@ -374,20 +384,7 @@ def analysis_markdown(report: dict) -> str:
     if report.get("sensitivity"):
         sens = report["sensitivity"]
         lines += [f"## Sensitivity: one layer kept in FP32 ({sens[0]['n_images']} images)", ""]
-        lines += _md_table(
-            ["rank", "layer in FP32", "top-1", "agreement", "drop (points)", "gain (points)"],
-            [
-                [
-                    r["rank"],
-                    r["layer"],
-                    _pct(r["accuracy"]),
-                    _pct(r["agreement"]),
-                    f"{r['drop_points']:.2f}",
-                    f"{r['gain_points']:+.2f}",
-                ]
-                for r in sens
-            ],
-        )
+        lines += _md_table(*_sensitivity_table(sens))
     if report.get("mixed_precision"):
         m = report["mixed_precision"]
         lines += [
@@ -398,36 +395,14 @@ def analysis_markdown(report: dict) -> str:
             f"{', '.join(m['keep_fp32']) or 'none'}.",
             "",
         ]
-        lines += _md_table(
-            ["layers in FP32", "top-1", "drop (points)"],
-            [
-                [
-                    ", ".join(s["keep_fp32"]) or "(none)",
-                    _pct(s["accuracy"]),
-                    f"{s['drop_points']:.2f}",
-                ]
-                for s in m["steps"]
-            ],
-        )
+        lines += _md_table(*_mixed_table(m))
     if report.get("bit_sweep"):
         rows = report["bit_sweep"]
         lines += [
             f"## Bit-width sweep (simulated with fake quantization, {rows[0]['n_images']} images)",
             "",
         ]
-        lines += _md_table(
-            ["bits", "top-1 (simulated)", "agreement", "weight SQNR (dB)", "output SQNR (dB)"],
-            [
-                [
-                    r["bits"],
-                    _pct(r["accuracy"]),
-                    _pct(r["agreement"]),
-                    _db(r.get("weight_sqnr_db")),
-                    _db(r.get("activation_sqnr_db")),
-                ]
-                for r in rows
-            ],
-        )
+        lines += _md_table(*_bit_sweep_table(rows))
     if report.get("sweep"):
         lines += ["## Configuration sweep", ""]
         lines += _md_table(*_sweep_table(report["sweep"]))
