@@ -51,17 +51,15 @@ with state.guard("the Export page"):
                     st.warning(f"{title}: not produced for this run's method.")
 
         st.subheader("ONNX Runtime check")
-        onnx = st.session_state.get(f"onnx_{key}")
-        if onnx is None:
-            st.caption(
-                "Run both ONNX files in ONNX Runtime on the evaluation images: accuracy, latency "
-                "and agreement with the PyTorch models (about a minute)."
-            )
-            if st.button("Measure in ONNX Runtime", key="onnx_go"):
-                bar = state.ProgressBar(st, "ONNX Runtime")
-                onnx = state.onnx_compare(key, entry.result, bar)
-                bar.empty()
-                st.session_state[f"onnx_{key}"] = onnx
+        onnx = state.on_request(
+            f"onnx_{key}",
+            "Run both ONNX files in ONNX Runtime on the evaluation images: accuracy, latency "
+            "and agreement with the PyTorch models (about a minute).",
+            "Measure in ONNX Runtime",
+            "onnx_go",
+            "ONNX Runtime",
+            lambda bar: state.onnx_compare(key, entry.result, bar),
+        )
         if onnx:
             rows = []
             for name, row in onnx.items():

@@ -80,17 +80,15 @@ with state.guard("the Layers page"):
         )
 
         st.subheader("Sensitivity: which layers to keep in FP32")
-        sens_key = f"sens_{key}"
-        if sens_key not in st.session_state:
-            st.caption(
-                "Re-quantizes the model once per layer with only that layer left in FP32 and "
-                "measures how much accuracy each one wins back (about a minute)."
-            )
-            if st.button("Measure sensitivity", key="sens_go"):
-                bar = state.ProgressBar(st, "Sensitivity")
-                st.session_state[sens_key] = state.sensitivity(key, result, bar)
-                bar.empty()
-        sens = st.session_state.get(sens_key)
+        sens = state.on_request(
+            f"sens_{key}",
+            "Re-quantizes the model once per layer with only that layer left in FP32 and "
+            "measures how much accuracy each one wins back (about a minute).",
+            "Measure sensitivity",
+            "sens_go",
+            "Sensitivity",
+            lambda bar: state.sensitivity(key, result, bar),
+        )
         if sens:
             state.plot(figures.sensitivity_figure(sens), key="sens")
             st.dataframe(
@@ -147,18 +145,17 @@ with state.guard("the Layers page"):
                     )
 
         st.subheader("Bit-width sweep")
-        sweep_key = f"bits_{key}"
-        if sweep_key not in st.session_state:
-            st.caption(
-                "Simulates 8, 6, 5, 4, 3 and 2 bits with fake quantization (float math) to show "
-                "how quickly accuracy falls as the grid gets coarser."
-            )
-            if st.button("Run the bit-width sweep", key="bits_go"):
-                bar = state.ProgressBar(st, "Bit-width sweep")
-                st.session_state[sweep_key] = state.bit_sweep(key, result, bar)
-                bar.empty()
-        if st.session_state.get(sweep_key):
-            state.plot(figures.bit_sweep_figure(st.session_state[sweep_key]), key="bits")
+        bit_rows = state.on_request(
+            f"bits_{key}",
+            "Simulates 8, 6, 5, 4, 3 and 2 bits with fake quantization (float math) to show "
+            "how quickly accuracy falls as the grid gets coarser.",
+            "Run the bit-width sweep",
+            "bits_go",
+            "Bit-width sweep",
+            lambda bar: state.bit_sweep(key, result, bar),
+        )
+        if bit_rows:
+            state.plot(figures.bit_sweep_figure(bit_rows), key="bits")
 
         st.subheader("Quantization playground")
         st.caption(

@@ -154,26 +154,20 @@ with state.guard("the Quantize page"):
         st.subheader(f"Summary: {entry.label}")
         state.show_summary(entry)
         r = entry.result
-        f, q = r.fp32, r.int8
+
+        def column(m) -> list[str]:
+            lat = m.latency_ms
+            return [
+                f"{100 * m.accuracy:.2f}%",
+                f"{100 * m.top5:.2f}%",
+                state.fmt_bytes(m.size_bytes),
+                state.fmt_bytes(m.torchscript_bytes),
+                f"{lat['b1_p50']:.2f} / {lat['b1_p95']:.2f}",
+                f"{lat['b32_p50']:.2f} / {lat['b32_p95']:.2f}",
+            ]
+
         detail = pd.DataFrame(
-            {
-                "FP32": [
-                    f"{100 * f.accuracy:.2f}%",
-                    f"{100 * f.top5:.2f}%",
-                    state.fmt_bytes(f.size_bytes),
-                    state.fmt_bytes(f.torchscript_bytes),
-                    f"{f.latency_ms['b1_p50']:.2f} / {f.latency_ms['b1_p95']:.2f}",
-                    f"{f.latency_ms['b32_p50']:.2f} / {f.latency_ms['b32_p95']:.2f}",
-                ],
-                "quantized": [
-                    f"{100 * q.accuracy:.2f}%",
-                    f"{100 * q.top5:.2f}%",
-                    state.fmt_bytes(q.size_bytes),
-                    state.fmt_bytes(q.torchscript_bytes),
-                    f"{q.latency_ms['b1_p50']:.2f} / {q.latency_ms['b1_p95']:.2f}",
-                    f"{q.latency_ms['b32_p50']:.2f} / {q.latency_ms['b32_p95']:.2f}",
-                ],
-            },
+            {"FP32": column(r.fp32), "quantized": column(r.int8)},
             index=[
                 "top-1 accuracy",
                 "top-5 accuracy",

@@ -507,6 +507,27 @@ def remember_recipe(recipe: QuantRecipe) -> None:
     st.session_state["aslquant_recipe"] = recipe
 
 
+def on_request(
+    session_key: str,
+    explanation: str,
+    button: str,
+    button_key: str,
+    title: str,
+    compute: Callable[[Progress], object],
+):
+    """A slow analysis computed when the user presses ``button`` and kept in the session.
+
+    Until then the page shows ``explanation`` and the button; returns the value or None.
+    """
+    if session_key not in st.session_state:
+        st.caption(explanation)
+        if st.button(button, key=button_key):
+            bar = ProgressBar(st, title)
+            st.session_state[session_key] = compute(bar)
+            bar.empty()
+    return st.session_state.get(session_key)
+
+
 def quantize_with_progress(config: RunConfig, where=st) -> RunEntry:
     """quantize_run with an st.progress bar fed by the engine's progress callback."""
     bar = ProgressBar(where, "Quantizing", RUN_STAGES)
@@ -572,22 +593,15 @@ def show_summary(entry: RunEntry) -> None:
         delta_description=f"FP32 {100 * f.accuracy:.2f}%",
         border=True,
     )
-    c[1].metric(
+    _card(
+        c[1],
         "Size: x smaller",
         f"{size_ratio:.2f}x",
-        delta=f"{fmt_bytes(f.size_bytes)} → {fmt_bytes(q.size_bytes)}",
-        delta_color="off",
-        delta_arrow="off",
-        border=True,
+        f"{fmt_bytes(f.size_bytes)} → {fmt_bytes(q.size_bytes)}",
     )
     _speed_cards(c[2:4], "torch FP32", "torch", f.latency_ms, q.latency_ms)
-    c[4].metric(
-        "Same top-1",
-        f"{100 * r.agreement:.2f}%",
-        delta=f"{len(r.flipped())} of {r.n_eval} flipped",
-        delta_color="off",
-        delta_arrow="off",
-        border=True,
+    _card(
+        c[4], "Same top-1", f"{100 * r.agreement:.2f}%", f"{len(r.flipped())} of {r.n_eval} flipped"
     )
     c = st.columns(5)
     if ort_ok:
@@ -607,16 +621,21 @@ def show_summary(entry: RunEntry) -> None:
 
 def _speed_cards(columns, baseline: str, short: str, base: dict, quant: dict) -> None:
     for col, name, key in ((columns[0], "batch 1", "b1"), (columns[1], "batch 32", "b32")):
-        col.metric(
+        _card(
+            col,
             f"vs {short} FP32, {key}",  # a metric card shows ~20 characters of label
             f"{base[f'{key}_p50'] / quant[f'{key}_p50']:.2f}x",
-            delta=f"{base[f'{key}_p50']:.1f} → {quant[f'{key}_p50']:.1f} ms p50",
-            delta_color="off",
-            delta_arrow="off",
-            border=True,
+            f"{base[f'{key}_p50']:.1f} → {quant[f'{key}_p50']:.1f} ms p50",
             help=f"Speed-up at {name}: {baseline} median latency divided by the quantized "
             "model's; above 1 is faster.",
         )
+
+
+def _card(col, label: str, value: str, note: str, help: str | None = None) -> None:
+    """A bordered metric card whose grey note is information, not a good/bad delta."""
+    col.metric(
+        label, value, delta=note, delta_color="off", delta_arrow="off", border=True, help=help
+    )
 
 
 def plot(fig, key: str | None = None) -> None:
