@@ -286,7 +286,7 @@ def _eager_prepare(model: CustomCNN, recipe: QuantRecipe, qat: bool) -> nn.Modul
 def _static(model, recipe, calib, progress) -> nn.Module:
     prepared = _eager_prepare(model, recipe, qat=False)
     _calibrate(prepared, calib, progress)
-    return use_fast_pooling(tq.convert(prepared.eval(), inplace=False))
+    return tq.convert(prepared.eval(), inplace=False)
 
 
 def _dynamic(model, recipe) -> nn.Module:
@@ -335,7 +335,7 @@ def _fx(model, recipe, calib, progress, input_size) -> nn.Module:
     bconf = _backend_config(recipe.backend)
     prepared = prepare_fx(_float_stubs(model), mapping, example, backend_config=bconf)
     _calibrate(prepared, calib, progress)
-    return use_fast_pooling(convert_fx(prepared, backend_config=bconf))
+    return convert_fx(prepared, backend_config=bconf)
 
 
 def _pt2e(model, recipe, calib, progress, input_size) -> nn.Module:
@@ -430,7 +430,7 @@ def _qat(
         if on_epoch is not None:
             record.update(on_epoch(converted))
         history.append(record)
-    return use_fast_pooling(tq.convert(prepared.eval(), inplace=False)), history
+    return tq.convert(prepared.eval(), inplace=False), history
 
 
 def quantize(
@@ -477,7 +477,8 @@ def quantize(
             else:
                 module = _pt2e(model, recipe, calib, progress, input_size)
             if recipe.method != "pt2e":  # exported graphs refuse .eval(); they are eval already
-                module.eval()
+                # Every eager/FX model gets the fast max-pool (it falls back on float input).
+                use_fast_pooling(module).eval()
             # Run once under the lock: packs weights (and compiles pt2e) before anyone times it.
             with torch.inference_mode():
                 module(torch.zeros(1, 3, input_size, input_size))
