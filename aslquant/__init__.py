@@ -1,5 +1,7 @@
-"""aslquant: quantize an ASL CustomCNN and see what INT8 does to it."""
+"""aslquant: quantize an ASL CustomCNN and see what INT8 does to it.
 
-from aslquant import _quiet  # noqa: F401  (silences torch.ao deprecation noise, once)
+Importing the package changes no process-wide setting; ``aslquant.runtime.configure()`` applies
+the ones the tool needs (warning filters, logger levels, Pillow's limit, Inductor settings).
+"""
 
 __version__ = "0.1.0"

@@ -46,7 +46,6 @@ MAX_INPUT_SIZE = 1024
 #: Largest image (width x height) decoded. Pillow warns above its limit and fails above twice
 #: it; we set its limit to ours and turn the warning into an error, so the limit is exact.
 MAX_IMAGE_PIXELS: int = 40_000_000
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 #: Largest image file read, and smallest side an image may have to be worth classifying.
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MIN_IMAGE_SIDE = 8

@@ -57,3 +57,11 @@ def tmp_image_folder(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The process-wide settings the app and the CLI apply at start-up (aslquant.runtime)."""
+    from aslquant import runtime
+
+    runtime.configure(tmp_path_factory.getbasetemp() / "cache")
