@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from aslquant import data as data_mod
+from aslquant import methods
 from aslquant.engine_lock import engine_session
 from aslquant.errors import InputError, UnsupportedCombination
 from aslquant.model import LAYER_NAMES, CustomCNN
-from aslquant.quantize import FloatIsland, Fp16Weight, quantize
+from aslquant.qmodules import Fp16Weight
+from aslquant.quantize import quantize
 
 Progress = Callable[[str, float], None]
 
@@ -45,7 +47,6 @@ LAYER_IMAGES = 256
 #: a full model); reference FP32/INT8 accuracies are taken on exactly the same images.
 VARIANT_IMAGES = 290
 
-_QUANT_METHODS = ("static", "fx", "qat")
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def _qparams(t: torch.Tensor) -> dict | None:
 
 def _weights(qlayer: nn.Module | None) -> torch.Tensor | None:
     """The weights a quantized layer really uses (quantized or fp16 tensor), or None."""
-    if qlayer is None or isinstance(qlayer, FloatIsland):
+    if qlayer is None:
         return None
     if isinstance(qlayer, Fp16Weight):
         return qlayer.weight
@@ -182,6 +183,7 @@ class _Capture:
 def _pass_layers(result, max_images: int | None, progress: Progress | None) -> dict:
     """One streaming pass: signal/noise sums per layer, cumulative and isolated, plus ranges."""
     qmodel = result.quantized.module
+    keep = set(result.quantized.recipe.keep_fp32)
     names = [n for n in LAYER_NAMES if _layer_module(qmodel, n) is not None]
     items = _eval_items(result, max_images)
     stats = {
@@ -221,7 +223,7 @@ def _pass_layers(result, max_images: int | None, progress: Progress | None) -> d
                     s["out_q"] = s["out_q"] or _qparams(q_cap.outputs[name])
                     s["in_q"] = s["in_q"] or _qparams(q_cap.inputs[name])
                     qlayer = _layer_module(qmodel, name)
-                    if isinstance(qlayer, FloatIsland):
+                    if name in keep:
                         continue  # a float layer causes no error of its own
                     x_in = fp_cap.inputs[name].float()
                     q_in = q_cap.inputs[name]
@@ -398,7 +400,7 @@ def _activation_histograms(result, bins: int) -> dict:
     key = ("act_hist", bins)
     if key in cache:
         return cache[key]
-    rows = result.layers or cache.get("layer_rows") or layer_errors(result, max_images=32)
+    rows = cache.get("layer_rows") or layer_errors(result, max_images=32)
     cache["layer_rows"] = rows
     qparams = {row["name"]: row for row in rows}
     x_all = _activation_tensor(result)
@@ -613,24 +615,18 @@ def _requantize(result, keep: tuple[str, ...], calibration: torch.Tensor):
 
 
 def _check_requantizable(result, what: str) -> None:
-    method = result.quantized.recipe.method
-    reasons = {
-        "qat": "it would mean fine-tuning again for every layer",
-        "pt2e": "pt2e cannot keep single layers in FP32",
-    }
-    if method in reasons:
+    spec = result.quantized.recipe.method_spec
+    if not spec.requantizable:
         raise UnsupportedCombination(
-            f"{what} re-quantizes once per layer, which method {method} does not support here "
-            f"({reasons[method]}); run it on a static or fx recipe"
+            f"{what} re-quantizes once per layer, which method {spec.name} does not support "
+            "here (it would mean fine-tuning again for every layer); run it on "
+            + " or ".join(methods.names(lambda m: m.requantizable and m.calibrates))
         )
 
 
 def _candidate_layers(result) -> list[str]:
     recipe = result.quantized.recipe
-    layers = [n for n in LAYER_NAMES if n not in recipe.keep_fp32]
-    if recipe.method == "dynamic":
-        layers = [n for n in layers if n in ("fc1", "fc2")]
-    return layers
+    return [n for n in recipe.method_spec.keep_fp32_layers if n not in recipe.keep_fp32]
 
 
 def sensitivity(
@@ -781,7 +777,8 @@ def _activation_ranges(result) -> tuple[dict, str]:
     names = [n for n in LAYER_NAMES if _layer_module(qmodel, n) is not None]
     x = _activation_tensor(result, 8)
     ranges: dict[str, tuple[float, float]] = {}
-    if result.quantized.recipe.method in _QUANT_METHODS and names:
+    spec = result.quantized.recipe.method_spec
+    if spec.uses_observers and spec.has_layer_modules and names:
         cap = _Capture(qmodel, names)
         try:
             with engine_session(result.quantized.backend), torch.inference_mode():
@@ -921,7 +918,7 @@ def bit_sweep(
 
 #: The default config grid: every activation x weight observer for static on x86.
 DEFAULT_GRID: dict[str, list[str]] = {
-    "method": ["static"],
+    "method": [methods.DEFAULT_METHOD],
     "backend": ["x86"],
     "act_observer": ["minmax", "moving-average", "histogram"],
     "weight_observer": ["minmax", "per-channel"],
@@ -958,7 +955,13 @@ def config_sweep(
     same calibration images, evaluated on the same evaluation images and timed in this process.
     The first row is the FP32 reference (``method`` "fp32").
     """
-    from aslquant.measure import accuracy, evaluate_models, latency_profile, serialized_size
+    from aslquant.measure import (
+        accuracy,
+        evaluate_models,
+        fp32_runner,
+        latency_profile,
+        serialized_size,
+    )
     from aslquant.run import load_inputs
 
     grid = grid or {}
@@ -969,13 +972,13 @@ def config_sweep(
     base = dataclasses.replace(config, recipe=config.recipe.with_changes(calib_images=needs))
     inputs = load_inputs(base)
     pp = config.preprocess
-    calibration = data_mod.load_tensors(inputs.calib_items, pp).x
+    calibration = data_mod.load_tensors(list(inputs.calib_items), pp).x
     runs = latency_runs or config.latency_runs
     rows = []
     total = len(recipes) + 1
 
     def evaluate(module, backend):
-        batches = data_mod.iter_batches(inputs.eval_items, pp, batch_size=32)
+        batches = data_mod.iter_batches(list(inputs.eval_items), pp, batch_size=32)
         ev = evaluate_models({"m": (module, backend)}, batches, threads=config.threads)["m"]
         # The evaluation's full batches are the batch-32 timed runs (see latency_profile).
         lat = latency_profile(
@@ -986,7 +989,7 @@ def config_sweep(
 
     # The FP32 reference once, up front: every recipe's agreement is against it.
     _stage(progress, "sweep: FP32 reference", 0.0)
-    fp32_eval, fp32_lat = evaluate(inputs.model, None)
+    fp32_eval, fp32_lat = evaluate(fp32_runner(inputs.model), None)
     for i, (changes, recipe, error) in enumerate(recipes):
         _stage(progress, f"sweep {i + 1}/{len(recipes)}", i / total)
         row = {
@@ -1059,10 +1062,13 @@ def qat_vs_ptq(config, epochs: int, progress: Progress | None = None) -> dict:
 
     if epochs < 1:
         raise InputError(f"QAT epochs must be at least 1, got {epochs}")
+    qat_method = methods.names(lambda m: m.trains)[0]
     qat_cfg = dataclasses.replace(
-        config, recipe=config.recipe.with_changes(method="qat", qat_epochs=int(epochs))
+        config, recipe=config.recipe.with_changes(method=qat_method, qat_epochs=int(epochs))
     )
-    ptq_cfg = dataclasses.replace(config, recipe=config.recipe.with_changes(method="static"))
+    ptq_cfg = dataclasses.replace(
+        config, recipe=config.recipe.with_changes(method=methods.DEFAULT_METHOD)
+    )
 
     def part(name: str, lo: float, hi: float) -> Progress | None:
         if progress is None:
@@ -1085,7 +1091,7 @@ def qat_vs_ptq(config, epochs: int, progress: Progress | None = None) -> dict:
             "agreement": qat.agreement,
             "recipe": qat_cfg.recipe.describe(),
             "drop_points": qat.accuracy_drop_points,
-            "history": qat.qat_history,
+            "history": list(qat.qat_history),
         },
         "n_eval": ptq.n_eval,
         "n_train": qat.n_calib if not config.train_data else None,

@@ -6,11 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from aslquant.errors import InputError
+from aslquant.methods import METHODS
 from aslquant.model import LAYER_NAMES
 from aslquant.recipe import (
     ACT_OBSERVERS,
     BACKENDS,
-    METHODS,
     QSCHEMES,
     REDUCE_RANGE_BY_DEFAULT,
     WEIGHT_OBSERVERS,
@@ -56,12 +56,13 @@ with state.guard("the Quantize page"):
     c1, c2, c3 = st.columns(3, gap="large")
     with c1:
         method = st.selectbox("Method", list(METHODS), key="q_method")
-        st.caption(METHODS[method])
+        st.caption(METHODS[method].help)
         backend = st.selectbox(
             "Backend (the kernels that run INT8)", list(BACKENDS), key="q_backend"
         )
         st.caption(BACKENDS[backend])
-    calibrated = method in ("static", "fx", "qat", "pt2e")
+    spec = METHODS[method]
+    calibrated = spec.uses_observers
     with c2:
         act = st.selectbox(
             "Activation observer", list(ACT_OBSERVERS), key="q_act", disabled=not calibrated
@@ -71,11 +72,11 @@ with state.guard("the Quantize page"):
             "Weight observer",
             list(WEIGHT_OBSERVERS),
             key="q_weight",
-            disabled=method == "fp16",
+            disabled=not spec.weight_settings,
         )
         st.caption(WEIGHT_OBSERVERS[weight])
         qscheme = st.selectbox(
-            "Weight qscheme", list(QSCHEMES), key="q_qscheme", disabled=method == "fp16"
+            "Weight qscheme", list(QSCHEMES), key="q_qscheme", disabled=not spec.weight_settings
         )
         st.caption(QSCHEMES[qscheme] + " Activations are always affine.")
     with c3:
@@ -106,7 +107,7 @@ with state.guard("the Quantize page"):
         keep = st.multiselect("Layers to keep in FP32", list(LAYER_NAMES), key="q_keep")
         st.caption("Mixed precision: sensitive layers stay float, the rest become INT8.")
         qat_epochs = 3
-        if method == "qat":
+        if spec.trains:
             qat_epochs = st.number_input("QAT epochs", 1, 20, key="q_qat_epochs")
             st.caption("Fine-tuning passes over the calibration images with fake quantization.")
 

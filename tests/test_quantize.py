@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from aslquant import data
+from aslquant.cli.options import config_to_args
 from aslquant.errors import InputError, UnsupportedCombination
 from aslquant.labels import load_labels
 from aslquant.measure import serialized_size
 from aslquant.model import load_checkpoint
-from aslquant.quantize import FloatIsland, QuantizedModel, quantize
+from aslquant.quantize import QuantizedModel, quantize
 from aslquant.recipe import QuantRecipe
-from aslquant.run import DEMO_CHECKPOINT, DEMO_DATA, DEMO_LABELS
+from aslquant.run import DEMO_CHECKPOINT, DEMO_DATA, DEMO_LABELS, RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +115,13 @@ def test_reduce_range_changes_the_activation_grid(demo):
 def test_keep_fp32_leaves_layers_in_float(demo):
     model, calib, evaluation, fp32_top1, _ = demo
     q = quantize(model, QuantRecipe(keep_fp32=("fc2", "conv1")), calib)
-    assert isinstance(q.module.conv1, FloatIsland) and isinstance(q.module.fc2, FloatIsland)
-    assert q.module.conv1.inner[0].weight.dtype == torch.float32
+    # Kept layers stay float modules (fused with their ReLU), the others are INT8 modules.
+    assert "quantized" not in type(q.module.conv1).__module__
+    assert "quantized" not in type(q.module.fc2).__module__
+    assert q.module.conv1[0].weight.dtype == torch.float32
     assert "quantized" in type(q.module.conv2).__module__
+    # The input stays float: the first quantized layer (conv2) quantizes its own input.
+    assert set(q.module.to_int8) == {"conv2"} and set(q.module.to_float) == {"fc2"}
     assert _agreement(q, evaluation, fp32_top1) >= 0.90
     fx = quantize(model, QuantRecipe(method="fx", keep_fp32=("conv2",)), calib)
     # FX fuses conv2+ReLU but leaves the fused module in float.
@@ -131,11 +136,11 @@ def test_unsupported_combinations_are_named(demo):
         quantize(model, QuantRecipe(backend="onednn", qscheme="affine"), calib)
     with pytest.raises(
         UnsupportedCombination,
-        match="pt2e uses torchao.s X86InductorQuantizer, which targets the x86 backend only",
+        match="method pt2e runs on backend x86 only",
     ):
         QuantRecipe(method="pt2e", backend="qnnpack")
-    with pytest.raises(UnsupportedCombination, match="histogram activations"):
-        quantize(model, QuantRecipe(method="pt2e", act_observer="minmax"), calib)
+    with pytest.raises(UnsupportedCombination, match="chooses its own observers"):
+        QuantRecipe(method="pt2e", act_observer="minmax")
     with pytest.raises(UnsupportedCombination, match="needs calibration images"):
         quantize(model, QuantRecipe(), torch.zeros(0, 3, 224, 224))
     with pytest.raises(UnsupportedCombination, match="qat needs labelled training images"):
@@ -148,7 +153,7 @@ def test_unsupported_combinations_are_named(demo):
         ({"method": "int4"}, "method 'int4' is not one of"),
         ({"backend": "tpu"}, "backend 'tpu' is not one of"),
         ({"keep_fp32": ("conv9",)}, "keep_fp32 layer 'conv9'"),
-        ({"calib_images": 0}, "calibration images must be at least 1"),
+        ({"calib_images": 0}, "calibration images must be in 1..4096"),
     ],
 )
 def test_recipe_validation(kwargs, message):
@@ -162,4 +167,57 @@ def test_recipe_round_trips_and_describes_itself():
     assert again == recipe.resolved()
     assert again.reduce_range is False  # qnnpack's default is 8-bit activations
     assert "qnnpack" in recipe.describe() and "fc1" in recipe.describe()
-    assert recipe.cli_args()[recipe.cli_args().index("--reduce-range") + 1] == "off"
+    args = config_to_args(RunConfig(recipe=recipe))
+    assert args[args.index("--reduce-range") + 1] == "off"
+
+
+def wide_input_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The same function for ImageNet-normalized input: conv1 absorbs the normalization.
+
+    conv1(x) = conv1'((x - mean) / std) with W' = W * std (per input channel) and
+    b' = b + sum(W * mean): a model whose input range is ~[-2.1, 2.6] instead of [0, 1], as
+    most photo-trained checkpoints see it.
+    """
+    import copy
+
+    mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1)
+    wide = copy.deepcopy(model)
+    with torch.no_grad():
+        w = wide.conv1.weight
+        wide.conv1.bias += (w * mean).sum(dim=(1, 2, 3))
+        w *= std
+    return wide
+
+
+KEEP_ALL = [
+    "static",
+    "fx",
+    "dynamic",
+    "fp16",
+    pytest.param("qat", marks=pytest.mark.slow),
+    pytest.param("pt2e", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("method", KEEP_ALL)
+@pytest.mark.parametrize("wide_input", [False, True], ids=["demo", "imagenet-normalized"])
+def test_keeping_every_layer_in_fp32_is_the_fp32_model(demo, method, wide_input):
+    """Invariant: a recipe that keeps every layer it could quantize in FP32 *is* FP32."""
+    model, calib, evaluation, fp32_top1, train = demo
+    x = evaluation.x
+    if wide_input:
+        model = wide_input_model(model)
+        mean = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1)
+        x, calib = (x - mean) / std, (calib - mean) / std
+        train = [((b - mean) / std, y) for b, y in train]
+    spec = QuantRecipe(method=method).method_spec
+    recipe = QuantRecipe(method=method, keep_fp32=spec.keep_fp32_layers, qat_epochs=1)
+    q = quantize(model, recipe, calib, train_batches=train)
+    with torch.inference_mode():
+        expected = model(x)
+    got = q(x)
+    assert torch.equal(got.argmax(1), expected.argmax(1))  # 100% agreement
+    # pt2e runs through Inductor's float kernels: same math, other summation order.
+    assert torch.allclose(got, expected, atol=1e-4 if method == "pt2e" else 1e-5, rtol=0)
