@@ -17,6 +17,7 @@ import math
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 
 from aslquant.engine_lock import engine_session
 from aslquant.errors import InputError
-from aslquant.quantize import portable_copy
+from aslquant.qmodules import portable_copy
 from aslquant.serialize import save_packed
 
 Progress = Callable[[str, float], None]
@@ -72,11 +73,14 @@ def _example(result, batch: int = 1) -> torch.Tensor:
 
 def script_quantized(result) -> torch.jit.ScriptModule:
     """TorchScript of the run's quantized model (scripted; traced where scripting fails)."""
+    from aslquant import methods
+
     qm = result.quantized
-    if qm.recipe.method == "pt2e":
+    if not qm.recipe.method_spec.scriptable:
         raise InputError(
-            "TorchScript export is not available for method pt2e (a torch.compile'd graph); "
-            "choose static, fx, qat, dynamic or fp16"
+            f"TorchScript export is not available for method {qm.recipe.method} (a "
+            "torch.compile'd graph); choose "
+            + ", ".join(methods.names(lambda m: m.scriptable))
         )
     module = portable_copy(qm.module)
     with engine_session(qm.backend), torch.inference_mode():
@@ -200,13 +204,20 @@ def export_onnx_int8(result, fp32_path: Path, path: Path) -> Path:
     return path
 
 
-def export_models(result, out_dir: str | Path) -> dict[str, Path]:
+@dataclass(frozen=True)
+class Exported:
+    """The files an export wrote ({kind: path}) and what the user should know about them."""
+
+    files: dict[str, Path]
+    notes: tuple[str, ...]
+
+
+def export_models(result, out_dir: str | Path) -> Exported:
     """Write the packed state_dict, .pt, .ptl, FP32 .onnx and INT8 .onnx; return their paths.
 
-    INT8 ONNX needs calibration images, so runs without them (dynamic, fp16) skip it.
-
-    Notes about the exports (the .ptl deprecation, skipped steps) are appended to
-    ``result.notes`` so reports carry them.
+    INT8 ONNX needs calibration images, so runs without them (dynamic, fp16) skip it. The notes
+    (the .ptl deprecation, skipped steps) are returned, never added to the run: a run shown in
+    one browser session must not change because another session exported it.
     """
     out = _out_dir(out_dir)
     files: dict[str, Path] = {}
@@ -225,10 +236,7 @@ def export_models(result, out_dir: str | Path) -> dict[str, Path]:
             f"int8.onnx not written: method {result.quantized.recipe.method} has no "
             "calibration images for onnxruntime's quantize_static"
         )
-    for note in notes:
-        if note not in result.notes:
-            result.notes.append(note)
-    return files
+    return Exported(files, tuple(dict.fromkeys(notes)))
 
 
 # --- ONNX Runtime ----------------------------------------------------------------------------

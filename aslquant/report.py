@@ -1,13 +1,21 @@
-"""RunResult -> report.json and report.md (the CLI's and the dashboard's shared output).
+"""RunResult -> report.json, report.md and report.html (the CLI's and the dashboard's output).
 
-The JSON keys are a contract: tests and CI gates read them. The Markdown is for people.
+The JSON keys are a contract: tests and CI gates read them. The Markdown and HTML are for
+people. ``report_dict`` builds the content once from a run and its analysis sections (new values
+computed beside the run; the run itself is never changed); each file is written by one function,
+through a temporary file renamed into place, so a symlink planted in the output folder is
+replaced, never written through.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aslquant import __version__
 from aslquant.errors import InputError
@@ -27,8 +35,22 @@ def _clean(value):
     return value
 
 
-def report_dict(result: RunResult) -> dict:
-    """The report.json content (schema in README: config, fp32, int8, agreement, ...)."""
+def _ratio(fp32: Mapping | None, quant: Mapping | None, key: str) -> float | None:
+    if not fp32 or not quant or not quant.get(key):
+        return None
+    return fp32[key] / quant[key]
+
+
+def report_dict(
+    result: RunResult, sections: Mapping[str, Any] | None = None, notes: list[str] | None = None
+) -> dict:
+    """The report.json content (schema in README: config, fp32, int8, agreement, ...).
+
+    ``sections``: analysis results keyed by their report.json name (layers, onnx, sensitivity,
+    bit_sweep, ...); ``notes``: extra notes (skipped analyses, export notes).
+    """
+    sections = dict(sections or {})
+    f_lat, q_lat = result.fp32.latency_ms, result.int8.latency_ms
     report = {
         "aslquant_version": __version__,
         "run_key": result.key,
@@ -39,8 +61,8 @@ def report_dict(result: RunResult) -> dict:
         "fp32": result.fp32.to_dict(),
         "int8": result.int8.to_dict(),
         "size_ratio": result.fp32.size_bytes / max(1, result.int8.size_bytes),
-        "latency_ratio_b1": result.fp32.latency_ms["b1_p50"] / result.int8.latency_ms["b1_p50"],
-        "latency_ratio_b32": result.fp32.latency_ms["b32_p50"] / result.int8.latency_ms["b32_p50"],
+        "latency_ratio_b1": _ratio(f_lat, q_lat, "b1_p50"),
+        "latency_ratio_b32": _ratio(f_lat, q_lat, "b32_p50"),
         "accuracy_drop_points": result.accuracy_drop_points,
         "agreement": result.agreement,
         "n_eval": result.n_eval,
@@ -56,13 +78,13 @@ def report_dict(result: RunResult) -> dict:
             for row in result.flipped()
         ],
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
-        "notes": result.notes,
-        "qat_history": result.qat_history,
-        "timings_s": result.timings_s,
-        "layers": result.layers,
-        "onnx": result.onnx,
+        "notes": [*result.notes, *(notes or [])],
+        "qat_history": list(result.qat_history),
+        "timings_s": dict(result.timings_s),
+        "layers": sections.pop("layers", []),
+        "onnx": sections.pop("onnx", None),
     }
-    report.update(result.extra)
+    report.update(sections)
     return _clean(report)
 
 
@@ -166,11 +188,61 @@ def prepare_out_dir(out: str | Path) -> Path:
     return path
 
 
-def write_report(result: RunResult, out: str | Path) -> dict[str, Path]:
-    """Write report.json and report.md into ``out``; return their paths."""
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed over it.
+
+    ``os.replace`` swaps the directory entry: an existing file *or symlink* at ``path`` is
+    replaced, and whatever a symlink pointed to is left untouched.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_run_reports(report: dict, out: str | Path) -> dict[str, Path]:
+    """Write report.json, report.md and report.html of one run into ``out``."""
+    from aslquant.report_html import analysis_markdown, report_html
+
     path = prepare_out_dir(out)
-    report = report_dict(result)
-    files = {"json": path / "report.json", "md": path / "report.md"}
-    files["json"].write_text(json.dumps(report, indent=2))
-    files["md"].write_text(report_markdown(report))
-    return files
+    markdown = report_markdown(report)
+    extra = analysis_markdown(report)
+    if extra:
+        markdown += "\n" + extra
+    return {
+        "json": write_text_atomic(path / "report.json", json.dumps(report, indent=2)),
+        "md": write_text_atomic(path / "report.md", markdown),
+        "html": write_text_atomic(path / "report.html", report_html(report)),
+    }
+
+
+def sweep_report(config, command: str, grid: Mapping[str, list], rows: list[dict]) -> dict:
+    """The report.json content of a configuration sweep."""
+    return _clean(
+        {
+            "aslquant_version": __version__,
+            "config": config.to_dict(),
+            "command": command,
+            "grid": dict(grid),
+            "sweep": rows,
+        }
+    )
+
+
+def write_sweep_reports(report: dict, out: str | Path) -> dict[str, Path]:
+    """Write report.json, report.md and report.html of a sweep into ``out``."""
+    from aslquant.report_html import sweep_html, sweep_markdown
+
+    path = prepare_out_dir(out)
+    return {
+        "json": write_text_atomic(path / "report.json", json.dumps(report, indent=2)),
+        "md": write_text_atomic(path / "report.md", sweep_markdown(report["sweep"], report["command"])),
+        "html": write_text_atomic(
+            path / "report.html", sweep_html(report["sweep"], report["command"])
+        ),
+    }

@@ -1,26 +1,36 @@
-"""A quantization run: a frozen ``RunConfig`` in, a ``RunResult`` out.
+"""A quantization run: a frozen ``RunConfig`` in, a frozen ``RunResult`` out.
 
 This is the one function both views call: the CLI writes the result to report.json /
 report.md, the dashboard draws it. Everything a run depends on is in its config, and the
 config's ``key`` hashes the *contents* of the files it names, so equal inputs are recognised
 (and cached by the dashboard) even when they arrive under another file name.
+
+A result is a value: nothing changes it after ``execute`` returns (analyses and exports
+return new values). Its two live models and the calibration images it names sit beside the
+numbers, for analysis and prediction. A run has two phases: evaluation (both models'
+predictions, accuracy, agreement, size) and timing (latency); ``execute`` can hand the
+evaluated result to a callback before timing starts, so a page shows accuracy first.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import json
+import os
+import shlex
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
 
 from aslquant import data as data_mod
 from aslquant.data import Preprocess
+from aslquant.demos import default_demo
 from aslquant.engine_lock import default_threads, engine_session
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
@@ -30,7 +40,7 @@ from aslquant.measure import (
     accuracy,
     confusion,
     evaluate_models,
-    evaluate_pair,
+    fp32_runner,
     latency_profile,
     pair,
     per_class_accuracy,
@@ -38,14 +48,29 @@ from aslquant.measure import (
     torchscript_size,
 )
 from aslquant.model import CustomCNN, load_checkpoint
-from aslquant.quantize import Progress, QuantizedModel, portable_copy, quantize
-from aslquant.recipe import QuantRecipe
+from aslquant.qmodules import portable_copy
+from aslquant.quantize import Progress, QuantizedModel, quantize
+from aslquant.recipe import Interval, QuantRecipe
+from aslquant.runtime import release_memory
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_DIR = REPO_ROOT / "sample_data"
-DEMO_CHECKPOINT = DEMO_DIR / "model.pth"
-DEMO_LABELS = DEMO_DIR / "lb.pkl"
-DEMO_DATA = DEMO_DIR / "images"
+_DEMO = default_demo()
+DEMO_CHECKPOINT = _DEMO.checkpoint
+DEMO_LABELS = _DEMO.labels
+DEMO_DATA = _DEMO.data
+
+#: Most torch threads a run may use: the machine's logical cores (more only oversubscribes).
+MAX_THREADS = os.cpu_count() or 1
+#: Timed calls per latency figure: at least 30 (a p95 needs them), at most 1000.
+LATENCY_RUNS = Interval(30, 1000)
+EVAL_IMAGES = Interval(1, 10_000_000)
+SEEDS = Interval(0, 2**31 - 1)
+
+
+def _frozen_array(values: np.ndarray) -> np.ndarray:
+    """A read-only view, so a result's arrays cannot be changed by whoever holds it."""
+    view = np.asarray(values).view()
+    view.flags.writeable = False
+    return view
 
 
 @dataclass(frozen=True)
@@ -65,12 +90,13 @@ class RunConfig:
     latency_runs: int = 30
 
     def __post_init__(self) -> None:
-        if self.eval_images is not None and self.eval_images < 1:
-            raise InputError(f"--eval-images must be at least 1, got {self.eval_images}")
-        if self.threads < 1:
-            raise InputError(f"threads must be at least 1, got {self.threads}")
-        if self.latency_runs < 30:
-            raise InputError(f"latency runs must be at least 30, got {self.latency_runs}")
+        if self.eval_images is not None:
+            EVAL_IMAGES.check("evaluation images", self.eval_images)
+        SEEDS.check("seed", self.seed)
+        Interval(1, MAX_THREADS).check(
+            f"threads (this machine has {MAX_THREADS} logical cores)", self.threads
+        )
+        LATENCY_RUNS.check("latency runs", self.latency_runs)
 
     def to_dict(self) -> dict:
         return {
@@ -90,34 +116,11 @@ class RunConfig:
     def with_recipe(self, **changes: object) -> RunConfig:
         return dataclasses.replace(self, recipe=self.recipe.with_changes(**changes))
 
-    def cli_command(self) -> str:
-        """The shell command that reproduces this run headless."""
-        import shlex
+    def cli_command(self, command: str = "report") -> str:
+        """The shell command that reproduces this run headless (``python -m aslquant ...``)."""
+        from aslquant.cli.options import config_to_args
 
-        args = ["python", "-m", "aslquant", "report"]
-        for flag, value, default in (
-            ("--checkpoint", self.checkpoint, str(DEMO_CHECKPOINT)),
-            ("--labels", self.labels, str(DEMO_LABELS)),
-            ("--data", self.data, str(DEMO_DATA)),
-        ):
-            if value != default:
-                args += [flag, value]
-        if self.calib_data:
-            args += ["--calib-data", self.calib_data]
-        if self.train_data:
-            args += ["--train-data", self.train_data]
-        args += self.recipe.cli_args()
-        if self.eval_images is not None:
-            args += ["--eval-images", str(self.eval_images)]
-        pp = self.preprocess
-        args += ["--input-size", str(pp.input_size), "--scale", str(pp.scale)]
-        if pp.crop:
-            args.append("--center-crop")
-        if pp.mean is not None:
-            args += ["--mean", *map(str, pp.mean), "--std", *map(str, pp.std)]
-        if pp.bgr:
-            args.append("--bgr")
-        args += ["--seed", str(self.seed), "--out", "OUT"]
+        args = ["python", "-m", "aslquant", command, *config_to_args(self), "--out", "OUT"]
         return " ".join(shlex.quote(a) for a in args)
 
 
@@ -127,17 +130,17 @@ def _sha256_file(path: str, what: str) -> str:
     return data_mod.sha256_file(path)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedInputs:
     """The validated inputs of a run: model, labels, and the image samples."""
 
     model: CustomCNN
-    class_names: list[str]
+    class_names: tuple[str, ...]
     image_set: data_mod.ImageSet
-    calib_items: list
-    eval_items: list
-    train_items: list
-    skipped: list[tuple[str, str]]
+    calib_items: tuple[data_mod.LabeledImage, ...]
+    eval_items: tuple[data_mod.LabeledImage, ...]
+    train_items: tuple[data_mod.LabeledImage, ...]
+    skipped: tuple[tuple[str, str], ...]
     key: str
     fp32_key: str
 
@@ -148,8 +151,7 @@ def load_inputs(config: RunConfig) -> LoadedInputs:
     model = load_checkpoint(config.checkpoint, num_labels=len(class_names))
     image_set = data_mod.load_image_set(config.data, class_names)
     recipe = config.recipe
-    needs_calib = recipe.method in ("static", "fx", "qat", "pt2e")
-    n_calib = recipe.calib_images if needs_calib else 0
+    n_calib = recipe.calibration_images
     skipped = list(image_set.skipped)
     fingerprints = [data_mod.dataset_fingerprint(image_set)]
     if config.calib_data:
@@ -180,7 +182,7 @@ def load_inputs(config: RunConfig) -> LoadedInputs:
             image_set.items, n_calib, config.eval_images, config.seed
         )
     train_items = calib_items
-    if recipe.method == "qat" and config.train_data:
+    if recipe.method_spec.trains and config.train_data:
         train_set = data_mod.load_image_set(config.train_data, class_names)
         skipped += train_set.skipped
         fingerprints.append(data_mod.dataset_fingerprint(train_set))
@@ -210,35 +212,43 @@ def load_inputs(config: RunConfig) -> LoadedInputs:
     fp32_key = hashlib.sha256(json.dumps(fp32_parts, sort_keys=True).encode()).hexdigest()[:16]
     return LoadedInputs(
         model,
-        class_names,
+        tuple(class_names),
         image_set,
-        calib_items,
-        eval_items,
-        train_items,
-        skipped,
+        tuple(calib_items),
+        tuple(eval_items),
+        tuple(train_items),
+        tuple(skipped),
         key,
         fp32_key,
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelMetrics:
+    """One model's figures. ``latency_ms`` is None while its timing is still pending."""
+
     accuracy: float
     top5: float
     size_bytes: int
     torchscript_bytes: int | None
-    latency_ms: dict[str, float]
+    latency_ms: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["latency_ms"] = None if self.latency_ms is None else dict(self.latency_ms)
+        return d
+
+    def with_latency(self, latency_ms: Mapping[str, float]) -> ModelMetrics:
+        return dataclasses.replace(self, latency_ms=MappingProxyType(dict(latency_ms)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Fp32Baseline:
     """The FP32 model's side of a run, measured once and reused by every further recipe.
 
     Valid for runs whose ``LoadedInputs.fp32_key`` equals ``key``: same checkpoint, labels,
-    evaluation images, preprocessing, threads and number of timed runs.
+    evaluation images, preprocessing, threads and number of timed runs. Its metrics carry
+    latency once timed (``timed``); until then only the predictions are known.
     """
 
     key: str
@@ -248,8 +258,60 @@ class Fp32Baseline:
     threads: int
     input_size: int
     latency_runs: int
-    #: ONNX Runtime FP32 figures (export.ort_fp32_baseline), filled in when measured.
-    onnx_fp32: dict | None = None
+
+    @property
+    def timed(self) -> bool:
+        return self.metrics.latency_ms is not None
+
+
+def _fp32_metrics(ev: ModelEvaluation, model: CustomCNN, input_size: int) -> ModelMetrics:
+    acc = accuracy(ev.labels, ev.predictions)
+    example = torch.zeros(1, 3, input_size, input_size)
+    return ModelMetrics(
+        acc["accuracy"], acc["top5"], serialized_size(model), torchscript_size(model, example)
+    )
+
+
+def evaluate_fp32(
+    config: RunConfig, inputs: LoadedInputs, progress: Progress | None = None
+) -> Fp32Baseline:
+    """The FP32 model's predictions, accuracy and size over the evaluation images (no latency)."""
+    started = time.perf_counter()
+    batches = data_mod.iter_batches(list(inputs.eval_items), config.preprocess, batch_size=32)
+    ev = evaluate_models(
+        {"fp32": (fp32_runner(inputs.model), None)},
+        batches,
+        total=len(inputs.eval_items),
+        progress=progress,
+        threads=config.threads,
+    )["fp32"]
+    if ev.n == 0:
+        raise InputError(f"{config.data}: none of the evaluation images could be read")
+    return Fp32Baseline(
+        inputs.fp32_key,
+        ev,
+        _fp32_metrics(ev, inputs.model, config.preprocess.input_size),
+        time.perf_counter() - started,
+        config.threads,
+        config.preprocess.input_size,
+        config.latency_runs,
+    )
+
+
+def time_fp32(baseline: Fp32Baseline, model: CustomCNN) -> Fp32Baseline:
+    """The same baseline with the FP32 latency measured (batch 1 timed; batch 32 from the
+    evaluation's own full batches, topped up to ``latency_runs``)."""
+    if baseline.timed:
+        return baseline
+    lat = latency_profile(
+        fp32_runner(model),
+        None,
+        baseline.input_size,
+        baseline.threads,
+        runs=baseline.latency_runs,
+        measured={32: baseline.evaluation.batch_seconds},
+    )
+    return dataclasses.replace(baseline, metrics=baseline.metrics.with_latency(lat))
 
 
 def measure_fp32(
@@ -257,85 +319,42 @@ def measure_fp32(
 ) -> Fp32Baseline:
     """Evaluate and time the FP32 model alone (the dashboard does this as soon as a model
     and images are chosen, so the first quantization does not wait for it)."""
-    started = time.perf_counter()
-    batches = data_mod.iter_batches(inputs.eval_items, config.preprocess, batch_size=32)
-    ev = evaluate_models(
-        {"fp32": (inputs.model, None)},
-        batches,
-        total=len(inputs.eval_items),
-        progress=progress,
-        threads=config.threads,
-    )["fp32"]
-    baseline = _baseline(config, inputs, ev, started)
-    release_freed_memory()
+    baseline = time_fp32(evaluate_fp32(config, inputs, progress), inputs.model)
+    release_memory()
     return baseline
 
 
-def _baseline(
-    config: RunConfig, inputs: LoadedInputs, ev: ModelEvaluation, started: float
-) -> Fp32Baseline:
-    pp = config.preprocess
-    if ev.n == 0:
-        raise InputError(f"{config.data}: none of the evaluation images could be read")
-    metrics = _metrics(config, inputs.model, None, ev, pp)
-    return Fp32Baseline(
-        inputs.fp32_key,
-        ev,
-        metrics,
-        time.perf_counter() - started,
-        config.threads,
-        pp.input_size,
-        config.latency_runs,
-    )
-
-
-def _metrics(
-    config: RunConfig,
-    module: torch.nn.Module,
-    backend: str | None,
-    ev: ModelEvaluation,
-    pp: Preprocess,
-    scriptable: bool = True,
-) -> ModelMetrics:
-    lat = latency_profile(
-        module,
-        backend,
-        pp.input_size,
-        config.threads,
-        runs=config.latency_runs,
-        measured={32: ev.batch_seconds},
-    )
-    example = torch.zeros(1, 3, pp.input_size, pp.input_size)
-    with engine_session(backend):
-        ts_bytes = torchscript_size(portable_copy(module), example) if scriptable else None
-    acc = accuracy(ev.labels, ev.predictions)
-    return ModelMetrics(acc["accuracy"], acc["top5"], serialized_size(module), ts_bytes, lat)
-
-
-@dataclass
+@dataclass(frozen=True)
 class RunResult:
-    """Plain data about one run, plus the two live models for analysis and prediction."""
+    """Plain, frozen data about one run, plus the two live models for analysis and prediction.
+
+    ``fp32.latency_ms`` / ``int8.latency_ms`` are None in the evaluated-but-not-yet-timed
+    result ``execute`` hands to ``on_evaluated``; ``timed`` says whether both are in.
+    """
 
     config: RunConfig
     key: str
-    class_names: list[str]
+    class_names: tuple[str, ...]
     fp32: ModelMetrics
     int8: ModelMetrics
     evaluation: PairEvaluation
     confusion_fp32: np.ndarray
     confusion_int8: np.ndarray
-    skipped: list[tuple[str, str]]
-    timings_s: dict[str, float]
-    notes: list[str]
-    qat_history: list[dict]
+    skipped: tuple[tuple[str, str], ...]
+    timings_s: Mapping[str, float]
+    notes: tuple[str, ...]
+    qat_history: tuple[dict, ...]
     n_calib: int
-    fp32_model: CustomCNN
-    quantized: QuantizedModel
-    calib_items: list
-    baseline: Fp32Baseline | None = None
-    layers: list[dict] = field(default_factory=list)
-    onnx: dict | None = None
-    extra: dict = field(default_factory=dict)
+    fp32_model: CustomCNN = field(compare=False, repr=False)
+    quantized: QuantizedModel = field(compare=False, repr=False)
+    calib_items: tuple[data_mod.LabeledImage, ...] = field(compare=False, repr=False)
+    baseline: Fp32Baseline | None = field(default=None, compare=False, repr=False)
+    #: Seconds of each full evaluation batch of the quantized model (its batch-32 samples).
+    int8_batch_seconds: tuple[float, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def timed(self) -> bool:
+        return self.fp32.latency_ms is not None and self.int8.latency_ms is not None
 
     @property
     def calibration(self) -> torch.Tensor:
@@ -346,7 +365,7 @@ class RunResult:
         pp = self.config.preprocess
         if not self.calib_items:
             return torch.zeros(0, 3, pp.input_size, pp.input_size)
-        return data_mod.load_tensors(self.calib_items, pp).x
+        return data_mod.load_tensors(list(self.calib_items), pp).x
 
     @property
     def n_eval(self) -> int:
@@ -399,23 +418,53 @@ class RunResult:
         ]
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed by a run back to the operating system (glibc only; else a no-op).
-
-    A run allocates and frees ~20 MB batches from several threads; glibc keeps such memory
-    in per-thread arenas, so a long dashboard session's resident size crept up by ~8 MB per
-    run although nothing was retained (bench/memory.py: 84 MB after 10 runs, 42 MB with this).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _stage(progress: Progress | None, stage: str, fraction: float) -> None:
     if progress:
         progress(stage, fraction)
+
+
+def _int8_metrics(
+    quantized: QuantizedModel, ev: ModelEvaluation, input_size: int
+) -> ModelMetrics:
+    acc = accuracy(ev.labels, ev.predictions)
+    ts_bytes = None
+    if quantized.recipe.method_spec.scriptable:
+        example = torch.zeros(1, 3, input_size, input_size)
+        with engine_session(quantized.backend):
+            ts_bytes = torchscript_size(portable_copy(quantized.module), example)
+    return ModelMetrics(acc["accuracy"], acc["top5"], serialized_size(quantized.module), ts_bytes)
+
+
+def time_run(result: RunResult, progress: Progress | None = None) -> RunResult:
+    """The same result with both latencies measured (FP32 reused when its baseline is timed)."""
+    if result.timed:
+        return result
+    started = time.perf_counter()
+    _stage(progress, "timing", 0.0)
+    config, pp = result.config, result.config.preprocess
+    if result.baseline is None:
+        raise ValueError("time_run needs a result made by execute (it carries its FP32 baseline)")
+    baseline = time_fp32(result.baseline, result.fp32_model)
+    _stage(progress, "timing", 0.5)
+    int8_lat = latency_profile(
+        result.quantized.module,
+        result.quantized.backend,
+        pp.input_size,
+        config.threads,
+        runs=config.latency_runs,
+        measured={32: result.int8_batch_seconds},
+    )
+    timings = dict(result.timings_s)
+    timings["latency"] = time.perf_counter() - started
+    timings["total"] = timings.get("total", 0.0) + timings["latency"]
+    _stage(progress, "timing", 1.0)
+    return dataclasses.replace(
+        result,
+        fp32=baseline.metrics,
+        int8=result.int8.with_latency(int8_lat),
+        baseline=baseline,
+        timings_s=MappingProxyType(timings),
+    )
 
 
 def execute(
@@ -423,12 +472,16 @@ def execute(
     progress: Progress | None = None,
     inputs: LoadedInputs | None = None,
     baseline: Fp32Baseline | None = None,
+    on_evaluated: Callable[[RunResult], None] | None = None,
+    timed: bool = True,
 ) -> RunResult:
     """Quantize, evaluate and time one configuration; every figure in the result is measured.
 
     ``baseline``: the FP32 side measured earlier for the same model, images and settings
     (``result.baseline`` of an earlier run, or ``measure_fp32``); ignored unless its key
-    matches, in which case the FP32 model is neither evaluated nor timed again.
+    matches, in which case the FP32 model is not evaluated again (nor timed, if it was).
+    ``on_evaluated`` receives the result before timing (latencies None). ``timed=False``
+    returns that result without timing.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -437,33 +490,32 @@ def execute(
     pp, recipe = config.preprocess, config.recipe
     skipped = list(inputs.skipped)
     calibration = (
-        data_mod.load_tensors(inputs.calib_items, pp, skipped=skipped).x
+        data_mod.load_tensors(list(inputs.calib_items), pp, skipped=skipped).x
         if inputs.calib_items
         else torch.zeros(0, 3, pp.input_size, pp.input_size)
     )
-    if recipe.method in ("static", "fx", "qat", "pt2e") and len(calibration) == 0:
+    if recipe.method_spec.calibrates and len(calibration) == 0:
         raise InputError(f"{config.calib_data or config.data}: no readable calibration images")
     timings["load"] = time.perf_counter() - started
 
     train_batches = None
-    if recipe.method == "qat":
+    on_qat_epoch = None
+    if recipe.method_spec.trains:
         train_batches = [
             (b.x, b.y)
-            for b in data_mod.iter_batches(inputs.train_items, pp, batch_size=16, skipped=skipped)
+            for b in data_mod.iter_batches(
+                list(inputs.train_items), pp, batch_size=16, skipped=skipped
+            )
         ]
-    on_qat_epoch = None
-    if recipe.method == "qat":
 
         def on_qat_epoch(converted: torch.nn.Module) -> dict:
             # Accuracy of the model as it would ship after this epoch, on the evaluation set.
-            ev = evaluate_pair(
-                inputs.model,
-                converted,
-                recipe.backend,
-                data_mod.iter_batches(inputs.eval_items, pp, batch_size=32),
+            ev = evaluate_models(
+                {"quant": (converted, recipe.backend)},
+                data_mod.iter_batches(list(inputs.eval_items), pp, batch_size=32),
                 threads=config.threads,
-            )
-            return {"accuracy": accuracy(ev.labels, ev.quant)["accuracy"]}
+            )["quant"]
+            return {"accuracy": accuracy(ev.labels, ev.predictions)["accuracy"]}
 
     t0 = time.perf_counter()
     quantized = quantize(
@@ -482,56 +534,53 @@ def execute(
         baseline = None
     models = {"int8": (quantized.module, quantized.backend)}
     if baseline is None:
-        models["fp32"] = (inputs.model, None)
-    batches = data_mod.iter_batches(inputs.eval_items, pp, batch_size=32, skipped=skipped)
+        models["fp32"] = (fp32_runner(inputs.model), None)
+    batches = data_mod.iter_batches(list(inputs.eval_items), pp, batch_size=32, skipped=skipped)
     evaluated = evaluate_models(
         models, batches, total=len(inputs.eval_items), progress=progress, threads=config.threads
     )
     if evaluated["int8"].n == 0:
         raise InputError(f"{config.data}: none of the evaluation images could be read")
     timings["evaluate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    _stage(progress, "timing", 0.0)
     timings["fp32_reused"] = float(baseline is not None)
     if baseline is None:
-        baseline = _baseline(config, inputs, evaluated["fp32"], t0)
+        ev = evaluated["fp32"]
+        baseline = Fp32Baseline(
+            inputs.fp32_key,
+            ev,
+            _fp32_metrics(ev, inputs.model, pp.input_size),
+            timings["evaluate"],
+            config.threads,
+            pp.input_size,
+            config.latency_runs,
+        )
     evaluation = pair(baseline.evaluation, evaluated["int8"])
-    metrics = {
-        "fp32": baseline.metrics,
-        "int8": _metrics(
-            config,
-            quantized.module,
-            quantized.backend,
-            evaluated["int8"],
-            pp,
-            scriptable=recipe.method != "pt2e",
-        ),
-    }
-    _stage(progress, "timing", 1.0)
-    timings["latency"] = time.perf_counter() - t0
-
     k = len(inputs.class_names)
+    timings["total"] = time.perf_counter() - started
     result = RunResult(
         config=config,
         key=inputs.key,
         class_names=inputs.class_names,
-        fp32=metrics["fp32"],
-        int8=metrics["int8"],
+        fp32=baseline.metrics,
+        int8=_int8_metrics(quantized, evaluated["int8"], pp.input_size),
         evaluation=evaluation,
-        confusion_fp32=confusion(evaluation.labels, evaluation.fp32.top1, k),
-        confusion_int8=confusion(evaluation.labels, evaluation.quant.top1, k),
-        skipped=skipped,
-        timings_s=timings,
-        notes=list(quantized.notes),
-        qat_history=list(quantized.qat_history),
+        confusion_fp32=_frozen_array(confusion(evaluation.labels, evaluation.fp32.top1, k)),
+        confusion_int8=_frozen_array(confusion(evaluation.labels, evaluation.quant.top1, k)),
+        skipped=tuple(skipped),
+        timings_s=MappingProxyType(timings),
+        notes=quantized.notes,
+        qat_history=quantized.qat_history,
         n_calib=len(calibration),
         fp32_model=inputs.model,
         quantized=quantized,
-        calib_items=list(inputs.calib_items),
+        calib_items=inputs.calib_items,
         baseline=baseline,
+        int8_batch_seconds=tuple(evaluated["int8"].batch_seconds),
     )
-    timings["total"] = time.perf_counter() - started
-    release_freed_memory()
+    if on_evaluated is not None:
+        on_evaluated(result)
+    if timed:
+        result = time_run(result, progress)
+    release_memory()
     _stage(progress, "done", 1.0)
     return result

@@ -15,12 +15,12 @@ import pytest
 
 from aslquant import analysis
 from aslquant.model import LAYER_NAMES, layer_table
+from aslquant.present import figures
 from aslquant.quantize import quantize
 from aslquant.recipe import QuantRecipe
 from aslquant.report import report_dict
 from aslquant.report_html import analysis_markdown, report_html
 from aslquant.run import RunConfig, execute
-from aslquant.ui import figures
 
 #: 10 images per class: enough for stable SQNR and accuracy within a few points.
 EVAL_IMAGES = 290
@@ -292,8 +292,7 @@ def test_figures_have_unit_axis_titles(run, layers):
 
 
 def test_report_html_is_self_contained(run, layers):
-    run.layers = layers
-    report = report_dict(run)
+    report = report_dict(run, {"layers": layers})
     report["bit_sweep"] = [
         {
             "bits": 8,
