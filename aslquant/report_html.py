@@ -12,7 +12,7 @@ import math
 
 from plotly.offline import get_plotlyjs
 
-from aslquant.ui import figures
+from aslquant.present import figures
 
 
 def _pct(value) -> str:

@@ -7,8 +7,9 @@ import json
 import pandas as pd
 import streamlit as st
 
+from aslquant.present import figures
 from aslquant.recipe import ACT_OBSERVERS, BACKENDS, WEIGHT_OBSERVERS
-from aslquant.ui import figures, state
+from aslquant.ui import state
 
 st.title("Compare")
 st.caption(

@@ -8,7 +8,8 @@ import streamlit as st
 
 from aslquant import analysis
 from aslquant.model import LAYER_NAMES
-from aslquant.ui import figures, state
+from aslquant.present import figures
+from aslquant.ui import state
 
 st.title("Layers")
 st.caption(
