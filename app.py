@@ -1,42 +1,77 @@
 """aslquant dashboard: `streamlit run app.py`.
 
 Navigation and the sidebar only; every page is a thin view over the aslquant engine.
+``run()`` is the whole app, so a test can call it.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-import aslquant  # noqa: F401  (silences torch.ao deprecation warnings once, before pages import torch)
-from aslquant.ui import state
-
-st.set_page_config(page_title="aslquant: ASL CustomCNN quantization lab", page_icon=":material/back_hand:",
-                   layout="wide")  # fmt: skip
+from aslquant import runtime
+from aslquant.demos import demos
 
 PAGES = [
-    st.Page("pages/model.py", title="Model", icon=":material/memory:"),
-    st.Page("pages/quantize.py", title="Quantize", icon=":material/tune:", default=True),
-    st.Page("pages/layers.py", title="Layers", icon=":material/stacked_bar_chart:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/back_hand:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    ("pages/model.py", "Model", ":material/memory:"),
+    ("pages/quantize.py", "Quantize", ":material/tune:"),
+    ("pages/layers.py", "Layers", ":material/stacked_bar_chart:"),
+    ("pages/compare.py", "Compare", ":material/compare_arrows:"),
+    ("pages/predict.py", "Predict", ":material/back_hand:"),
+    ("pages/export.py", "Export", ":material/download:"),
 ]
+DEFAULT_PAGE = "Quantize"
 
-nav = st.navigation(PAGES)
 
-with st.sidebar:
-    src = state.source()
+def _sidebar() -> None:
+    from aslquant.ui import cache, session, widgets
+
+    src = session.source()
     # Measure the FP32 side (once per model and image set, in the background) while the user
-    # reads the pages, so the first Quantize only waits for the quantized model.
-    state.prefetch_baseline(src)
+    # reads the pages, so the first Quantize waits only for the quantized model.
+    cache.prefetch_baseline(src)
     st.caption(f"Model: **{src.name}**  ·  input {src.preprocess.input_size} px")
-    if state.runs():
-        state.run_picker(st, "Current run", key="sidebar_run")
+    names = list(demos())
+    if len(names) > 1:
+        current = src.demo if src.demo in names else None
+        picked = st.segmented_control(
+            "Demo model",
+            names,
+            default=current,
+            key=f"demo_switch_{current}",
+            help="robust: trained on rendered hands with BatchNorm folded; fragile: trained the "
+            "usual way (ImageNet mean/std), where INT8 visibly hurts.",
+        )
+        if picked and picked != current:
+            session.set_source(session.demo_source(picked))
+            st.rerun()
+    if session.runs():
+        widgets.run_picker(st, "Current run", key="sidebar_run")
         st.caption(
-            f"{len(state.runs())} run(s) in this session; the {state.MAX_RUNS} most recent are "
-            "kept, older ones are dropped."
+            f"{len(session.runs())} run(s) in this session; the {session.MAX_RUNS} most recent "
+            "are kept, older ones are dropped."
         )
     else:
         st.caption("No run yet: press **Quantize** on the Quantize page.")
 
-nav.run()
+
+def run() -> None:
+    """Configure the process, set up navigation and the sidebar, and run the chosen page."""
+    runtime.configure()
+    st.set_page_config(page_title="aslquant: ASL CustomCNN quantization lab",
+                       page_icon=":material/back_hand:", layout="wide")  # fmt: skip
+    nav = st.navigation(
+        [
+            st.Page(path, title=title, icon=icon, default=title == DEFAULT_PAGE)
+            for path, title, icon in PAGES
+        ]
+    )
+    with st.sidebar:
+        from aslquant.ui import widgets
+
+        with widgets.guard("the sidebar"):
+            _sidebar()
+    nav.run()
+
+
+if __name__ == "__main__":
+    run()

@@ -107,22 +107,27 @@ def latency_profile(
     runs: int = 30,
     batch_sizes: tuple[int, ...] = (1, 32),
     measured: dict[int, Sequence[float]] | None = None,
+    guard: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, float]:
     """``{"b1_p50", "b1_p95", "b32_p50", "b32_p95"}`` for one model, under its engine.
 
     ``measured`` maps a batch size to call times (seconds) already taken under the same
     engine and threads after warm-up — the full batches of the evaluation pass. They count
     as timed runs; only the shortfall to ``runs`` is timed here, on random input.
+    ``guard``: entered around each call instead of holding the engine session for the whole
+    measurement (background timing that yields to users' runs between calls); it must set
+    the engine and threads itself.
     """
     out: dict[str, float] = {}
     generator = torch.Generator().manual_seed(0)
-    with engine_session(backend, threads):
+    outer = contextlib.nullcontext() if guard else engine_session(backend, threads)
+    with outer:
         for batch in batch_sizes:
             times = list((measured or {}).get(batch, ()))
             if len(times) < runs:
                 x = torch.rand(batch, 3, input_size, input_size, generator=generator)
                 warmup = 1 if times else 3
-                times += list(time_calls(module, x, runs - len(times), warmup))
+                times += list(time_calls(module, x, runs - len(times), warmup, guard=guard))
             stats = latency_stats(times)
             out[f"b{batch}_p50"] = stats["p50"]
             out[f"b{batch}_p95"] = stats["p95"]
@@ -228,12 +233,15 @@ def evaluate_models(
     progress: Callable[[str, float], None] | None = None,
     threads: int | None = None,
     timed_batch: int = 32,
+    before_batch: Callable[[], None] | None = None,
 ) -> dict[str, ModelEvaluation]:
     """Run every model over ``batches`` (objects with ``x``, ``y``, ``items``), decoding once.
 
     Each call on a full batch of ``timed_batch`` images is timed under the model's engine
     and ``threads``; the first one is the warm-up and is not kept. These timings are the
     batch-32 latency samples of the run, so evaluating and timing cost one pass.
+    ``before_batch`` is called before each batch, outside the engine lock (background work
+    waits there while a user's run computes, or raises to stop).
     """
     labels: list[np.ndarray] = []
     paths: list[str] = []
@@ -242,6 +250,8 @@ def evaluate_models(
     timed = {name: [] for name in models}
     seen = 0
     for batch in batches:
+        if before_batch is not None:
+            before_batch()
         for name, (module, backend) in models.items():
             with torch.inference_mode(), engine_session(backend, threads):
                 start = time.perf_counter()

@@ -205,19 +205,28 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def write_run_reports(report: dict, out: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md and report.html of one run into ``out``."""
+def render_run_reports(report: dict) -> dict[str, str]:
+    """report.json, report.md and report.html of one run, as text (rendered from the dict
+    alone, so a loaded report.json renders the same)."""
     from aslquant.report_html import analysis_markdown, report_html
 
-    path = prepare_out_dir(out)
     markdown = report_markdown(report)
     extra = analysis_markdown(report)
     if extra:
         markdown += "\n" + extra
     return {
-        "json": write_text_atomic(path / "report.json", json.dumps(report, indent=2)),
-        "md": write_text_atomic(path / "report.md", markdown),
-        "html": write_text_atomic(path / "report.html", report_html(report)),
+        "json": json.dumps(report, indent=2),
+        "md": markdown,
+        "html": report_html(report),
+    }
+
+
+def write_run_reports(report: dict, out: str | Path) -> dict[str, Path]:
+    """Write report.json, report.md and report.html of one run into ``out``."""
+    path = prepare_out_dir(out)
+    texts = render_run_reports(report)
+    return {
+        kind: write_text_atomic(path / f"report.{kind}", text) for kind, text in texts.items()
     }
 
 

@@ -273,7 +273,10 @@ def _fp32_metrics(ev: ModelEvaluation, model: CustomCNN, input_size: int) -> Mod
 
 
 def evaluate_fp32(
-    config: RunConfig, inputs: LoadedInputs, progress: Progress | None = None
+    config: RunConfig,
+    inputs: LoadedInputs,
+    progress: Progress | None = None,
+    before_batch: Callable[[], None] | None = None,
 ) -> Fp32Baseline:
     """The FP32 model's predictions, accuracy and size over the evaluation images (no latency)."""
     started = time.perf_counter()
@@ -284,6 +287,7 @@ def evaluate_fp32(
         total=len(inputs.eval_items),
         progress=progress,
         threads=config.threads,
+        before_batch=before_batch,
     )["fp32"]
     if ev.n == 0:
         raise InputError(f"{config.data}: none of the evaluation images could be read")
@@ -298,9 +302,12 @@ def evaluate_fp32(
     )
 
 
-def time_fp32(baseline: Fp32Baseline, model: CustomCNN) -> Fp32Baseline:
+def time_fp32(
+    baseline: Fp32Baseline, model: CustomCNN, guard: Callable | None = None
+) -> Fp32Baseline:
     """The same baseline with the FP32 latency measured (batch 1 timed; batch 32 from the
-    evaluation's own full batches, topped up to ``latency_runs``)."""
+    evaluation's own full batches, topped up to ``latency_runs``). ``guard``: see
+    ``measure.latency_profile`` (background timing that yields between calls)."""
     if baseline.timed:
         return baseline
     lat = latency_profile(
@@ -310,6 +317,7 @@ def time_fp32(baseline: Fp32Baseline, model: CustomCNN) -> Fp32Baseline:
         baseline.threads,
         runs=baseline.latency_runs,
         measured={32: baseline.evaluation.batch_seconds},
+        guard=guard,
     )
     return dataclasses.replace(baseline, metrics=baseline.metrics.with_latency(lat))
 
@@ -467,6 +475,19 @@ def time_run(result: RunResult, progress: Progress | None = None) -> RunResult:
     )
 
 
+@dataclass(frozen=True)
+class QuantizedPreview:
+    """The quantized model's own figures, known before the FP32 side is (first number shown)."""
+
+    config: RunConfig
+    key: str
+    accuracy: float
+    top5: float
+    size_bytes: int
+    n_eval: int
+    correct: np.ndarray  # per evaluation image: quantized top-1 == label
+
+
 def execute(
     config: RunConfig,
     progress: Progress | None = None,
@@ -474,14 +495,16 @@ def execute(
     baseline: Fp32Baseline | None = None,
     on_evaluated: Callable[[RunResult], None] | None = None,
     timed: bool = True,
+    fp32: Callable[[LoadedInputs], Fp32Baseline] | None = None,
+    on_quantized: Callable[[QuantizedPreview], None] | None = None,
 ) -> RunResult:
     """Quantize, evaluate and time one configuration; every figure in the result is measured.
 
-    ``baseline``: the FP32 side measured earlier for the same model, images and settings
-    (``result.baseline`` of an earlier run, or ``measure_fp32``); ignored unless its key
-    matches, in which case the FP32 model is not evaluated again (nor timed, if it was).
-    ``on_evaluated`` receives the result before timing (latencies None). ``timed=False``
-    returns that result without timing.
+    Order: quantize, evaluate the quantized model (``on_quantized`` gets its own figures), get
+    the FP32 side, assemble the result (``on_evaluated`` gets it, latencies still None), time.
+    The FP32 side is ``baseline`` when its key matches (same model, images and settings), else
+    ``fp32(inputs)`` when given (the dashboard's shared background store), else it is
+    evaluated here. ``timed=False`` returns the result without timing.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -530,31 +553,40 @@ def execute(
     timings["quantize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    batches = data_mod.iter_batches(list(inputs.eval_items), pp, batch_size=32, skipped=skipped)
+    int8_eval = evaluate_models(
+        {"int8": (quantized.module, quantized.backend)},
+        batches,
+        total=len(inputs.eval_items),
+        progress=progress,
+        threads=config.threads,
+    )["int8"]
+    if int8_eval.n == 0:
+        raise InputError(f"{config.data}: none of the evaluation images could be read")
+    int8_metrics = _int8_metrics(quantized, int8_eval, pp.input_size)
+    timings["evaluate"] = time.perf_counter() - t0
+    if on_quantized is not None:
+        on_quantized(
+            QuantizedPreview(
+                config,
+                inputs.key,
+                int8_metrics.accuracy,
+                int8_metrics.top5,
+                int8_metrics.size_bytes,
+                int8_eval.n,
+                _frozen_array(int8_eval.predictions.top1 == int8_eval.labels),
+            )
+        )
+
+    t0 = time.perf_counter()
     if baseline is not None and baseline.key != inputs.fp32_key:
         baseline = None
-    models = {"int8": (quantized.module, quantized.backend)}
-    if baseline is None:
-        models["fp32"] = (fp32_runner(inputs.model), None)
-    batches = data_mod.iter_batches(list(inputs.eval_items), pp, batch_size=32, skipped=skipped)
-    evaluated = evaluate_models(
-        models, batches, total=len(inputs.eval_items), progress=progress, threads=config.threads
-    )
-    if evaluated["int8"].n == 0:
-        raise InputError(f"{config.data}: none of the evaluation images could be read")
-    timings["evaluate"] = time.perf_counter() - t0
     timings["fp32_reused"] = float(baseline is not None)
     if baseline is None:
-        ev = evaluated["fp32"]
-        baseline = Fp32Baseline(
-            inputs.fp32_key,
-            ev,
-            _fp32_metrics(ev, inputs.model, pp.input_size),
-            timings["evaluate"],
-            config.threads,
-            pp.input_size,
-            config.latency_runs,
-        )
-    evaluation = pair(baseline.evaluation, evaluated["int8"])
+        _stage(progress, "evaluating FP32", 0.0)
+        baseline = fp32(inputs) if fp32 is not None else evaluate_fp32(config, inputs, progress)
+    timings["fp32"] = time.perf_counter() - t0
+    evaluation = pair(baseline.evaluation, int8_eval)
     k = len(inputs.class_names)
     timings["total"] = time.perf_counter() - started
     result = RunResult(
@@ -562,7 +594,7 @@ def execute(
         key=inputs.key,
         class_names=inputs.class_names,
         fp32=baseline.metrics,
-        int8=_int8_metrics(quantized, evaluated["int8"], pp.input_size),
+        int8=int8_metrics,
         evaluation=evaluation,
         confusion_fp32=_frozen_array(confusion(evaluation.labels, evaluation.fp32.top1, k)),
         confusion_int8=_frozen_array(confusion(evaluation.labels, evaluation.quant.top1, k)),
@@ -575,7 +607,7 @@ def execute(
         quantized=quantized,
         calib_items=inputs.calib_items,
         baseline=baseline,
-        int8_batch_seconds=tuple(evaluated["int8"].batch_seconds),
+        int8_batch_seconds=int8_eval.batch_seconds,
     )
     if on_evaluated is not None:
         on_evaluated(result)

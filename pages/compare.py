@@ -9,7 +9,7 @@ import streamlit as st
 
 from aslquant.present import figures
 from aslquant.recipe import ACT_OBSERVERS, BACKENDS, WEIGHT_OBSERVERS
-from aslquant.ui import state
+from aslquant.ui import cache, session, widgets
 
 st.title("Compare")
 st.caption(
@@ -17,7 +17,7 @@ st.caption(
 )
 
 
-def _run_rows(entries: list[state.RunEntry]) -> list[dict]:
+def _run_rows(entries: list[session.RunEntry]) -> list[dict]:
     rows = []
     for e in entries:
         r = e.result
@@ -37,10 +37,10 @@ def _run_rows(entries: list[state.RunEntry]) -> list[dict]:
     return rows
 
 
-with state.guard("the Compare page"):
-    entry = state.require_run()
+with widgets.guard("the Compare page"):
+    entry = widgets.require_run()
     if entry is not None:
-        entries = state.runs()
+        entries = session.runs()
         rows = _run_rows(entries)
         first = entries[0].result
 
@@ -73,7 +73,7 @@ with state.guard("the Compare page"):
             "accuracy": first.fp32.accuracy,
             "latency_ms": dict(first.fp32.latency_ms),
         }
-        state.plot(figures.runs_bars([baseline, *rows]), key="runs_bars")
+        widgets.plot(figures.runs_bars([baseline, *rows]), key="runs_bars")
         st.caption(
             "Latency is measured per run in this process (p50 and p95 over "
             f"{first.config.latency_runs} timed calls, {first.threads} threads); other work on "
@@ -123,11 +123,9 @@ with state.guard("the Compare page"):
             sweep_key = f"sweep_{entry.key}_{grid_json}"
             n = len(grid["backend"]) * len(grid["act_observer"]) * len(grid["weight_observer"])
             if n and st.button(f"Run the sweep ({n} configurations)", key="sweep_go"):
-                bar = state.ProgressBar(st, "Sweep")
-                st.session_state[sweep_key] = state.config_sweep(
-                    entry.key, grid_json, entry.result.config, bar
+                st.session_state[sweep_key] = widgets.wait_for(
+                    cache.config_sweep(entry.result, grid), "Sweep"
                 )
-                bar.empty()
             sweep = st.session_state.get(sweep_key)
             if sweep:
                 failed = [r for r in sweep if r.get("error")]
@@ -139,23 +137,23 @@ with state.guard("the Compare page"):
             for r in sweep
             if not r.get("reference") and not r.get("error")
         ]
-        state.plot(figures.pareto_figure(points), key="pareto")
+        widgets.plot(figures.pareto_figure(points), key="pareto")
         st.caption("Up and to the left is better; marker area grows with the model's size.")
 
         st.subheader("Confusion matrices")
-        entry = state.run_picker(st, "Run", key="compare_run")
+        entry = widgets.run_picker(st, "Run", key="compare_run")
         r = entry.result
         c1, c2 = st.columns(2)
         with c1:
-            state.plot(
+            widgets.plot(
                 figures.confusion_figure(r.confusion_fp32, r.class_names, "FP32"), key="cm_fp32"
             )
         with c2:
-            state.plot(
+            widgets.plot(
                 figures.confusion_figure(r.confusion_int8, r.class_names, "Quantized"),
                 key="cm_int8",
             )
-        state.plot(
+        widgets.plot(
             figures.confusion_diff_figure(r.confusion_fp32, r.confusion_int8, r.class_names),
             key="cm_diff",
         )
@@ -170,7 +168,7 @@ with state.guard("the Compare page"):
             cols = st.columns(per_row)
             for col, row in zip(cols, flipped[start : start + per_row], strict=False):
                 with col:
-                    col.image(state.thumbnail(row["file"], 160), width="stretch")
+                    col.image(cache.thumbnail(row["file"], 160), width="stretch")
                     col.markdown(
                         f"**true {row['true']}**  \n"
                         + "FP32: "

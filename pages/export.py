@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from aslquant.ui import state
+from aslquant.ui import cache, widgets
 
 st.title("Export")
 st.caption(
@@ -27,16 +27,18 @@ MODEL_FILES = {
                   "ONNX Runtime, QDQ INT8 model quantized with the same calibration images"),
 }  # fmt: skip
 
-with state.guard("the Export page"):
-    entry = state.require_run()
+with widgets.guard("the Export page"):
+    entry = widgets.require_run()
     if entry is not None:
-        entry = state.run_picker(st, "Run to export", key="export_run")
+        entry = widgets.run_picker(st, "Run to export", key="export_run")
         key = entry.key
         st.caption(f"Recipe: {entry.result.config.recipe.describe()} · run key `{key}`")
 
         st.subheader("Model files")
-        with st.spinner("Exporting the models (once per run)..."):
-            files = state.export_files(key, entry.result)
+        exported = widgets.wait_for(cache.export_files(entry.result), "Exporting the models")
+        files = exported["files"]
+        for note in exported["notes"]:
+            st.caption(f"Note: {note}")
         cols = st.columns(len(MODEL_FILES))
         for col, (kind, (title, mime, use)) in zip(cols, MODEL_FILES.items(), strict=True):
             with col:
@@ -46,19 +48,19 @@ with state.guard("the Export page"):
                         f"⬇ {title}", data, file_name=name, mime=mime, key=f"dl_{kind}",
                         width="stretch",
                     )  # fmt: skip
-                    st.caption(f"{state.fmt_bytes(len(data))} · {use}")
+                    st.caption(f"{widgets.fmt_bytes(len(data))} · {use}")
                 else:
                     st.warning(f"{title}: not produced for this run's method.")
 
         st.subheader("ONNX Runtime check")
-        onnx = state.on_request(
+        onnx = widgets.on_request(
             f"onnx_{key}",
             "Run both ONNX files in ONNX Runtime on the evaluation images: accuracy, latency "
             "and agreement with the PyTorch models (about a minute).",
             "Measure in ONNX Runtime",
             "onnx_go",
             "ONNX Runtime",
-            lambda bar: state.onnx_compare(key, entry.result, bar),
+            lambda: cache.onnx_compare(entry.result),
         )
         if onnx:
             rows = []
@@ -69,7 +71,7 @@ with state.guard("the Export page"):
                         {
                             "model": name,
                             "top-1 %": 100 * row["accuracy"],
-                            "size": state.fmt_bytes(row.get("size_bytes")),
+                            "size": widgets.fmt_bytes(row.get("size_bytes")),
                             "b1 p50 ms": lat.get("b1_p50"),
                             "b32 p50 ms": lat.get("b32_p50"),
                             "agreement with torch %": None
@@ -80,7 +82,8 @@ with state.guard("the Export page"):
             st.dataframe(pd.DataFrame(rows).round(2), hide_index=True, width="stretch")
 
         st.subheader("Reports")
-        texts = state.report_texts(key, bool(onnx), entry, onnx)
+        layers = widgets.wait_for(cache.layer_errors(entry.result), "Per-layer error")
+        texts = cache.report_texts(entry.result, layers, onnx)
         c1, c2, c3 = st.columns(3)
         c1.download_button("⬇ report.json", texts["json"], "report.json", "application/json",
                            key="dl_json", width="stretch")  # fmt: skip

@@ -9,7 +9,7 @@ import streamlit as st
 from aslquant import analysis
 from aslquant.model import LAYER_NAMES
 from aslquant.present import figures
-from aslquant.ui import state
+from aslquant.ui import cache, session, widgets
 
 st.title("Layers")
 st.caption(
@@ -22,27 +22,25 @@ def _db(v) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
 
-def _rerun_keeping(entry: state.RunEntry, keep: list[str]) -> None:
+def _rerun_keeping(entry: session.RunEntry, keep: list[str]) -> None:
     """Quantize again with ``keep`` in FP32 and open the summary of the new run."""
     config = entry.result.config.with_recipe(keep_fp32=tuple(keep))
-    state.remember_recipe(config.recipe)
-    for k in ("q_keep",):  # the Quantize page shows the new recipe next time
-        st.session_state.pop(k, None)
-    state.quantize_with_progress(config)
+    session.remember_recipe(config.recipe)
+    session.forget_widget("q_keep")  # the Quantize page shows the new recipe next time
+    widgets.quantize_with_progress(config)
     st.switch_page("pages/quantize.py")
 
 
-with state.guard("the Layers page"):
-    entry = state.require_run()
+with widgets.guard("the Layers page"):
+    entry = widgets.require_run()
     if entry is not None:
-        entry = state.run_picker(st, "Run", key="layers_run")
+        entry = widgets.run_picker(st, "Run", key="layers_run")
         result, key = entry.result, entry.key
         st.caption(f"Recipe: {result.config.recipe.describe()}")
 
         st.subheader("Per-layer error")
-        with st.spinner("Comparing every layer of the two models..."):
-            rows = state.layer_errors(key, result)
-        state.plot(figures.sqnr_bars(rows), key="sqnr")
+        rows = widgets.wait_for(cache.layer_errors(result), "Comparing every layer of the two models")
+        widgets.plot(figures.sqnr_bars(rows), key="sqnr")
         st.caption(
             "Weights: the layer's weights against their INT8 version. Activations (cumulative): "
             "the layer's output when the quantized model sees the image, so earlier layers' "
@@ -72,8 +70,8 @@ with state.guard("the Layers page"):
         c1, c2 = st.columns([1, 1])
         layer = c1.selectbox("Layer", list(LAYER_NAMES), key="hist_layer")
         kind = c2.radio("Values", ["weights", "activations"], horizontal=True, key="hist_kind")
-        hist = state.layer_histogram(key, layer, kind, result)
-        state.plot(figures.histogram_figure(hist), key="hist")
+        hist = widgets.wait_for(cache.layer_histogram(result, layer, kind), "Histogram")
+        widgets.plot(figures.histogram_figure(hist), key="hist")
         st.caption(
             "Grey ticks under the bars are the values INT8 can represent; anything in the red "
             "shaded area is clipped to the edge of the range."
@@ -81,17 +79,17 @@ with state.guard("the Layers page"):
         )
 
         st.subheader("Sensitivity: which layers to keep in FP32")
-        sens = state.on_request(
+        sens = widgets.on_request(
             f"sens_{key}",
             "Re-quantizes the model once per layer with only that layer left in FP32 and "
             "measures how much accuracy each one wins back (about a minute).",
             "Measure sensitivity",
             "sens_go",
             "Sensitivity",
-            lambda bar: state.sensitivity(key, result, bar),
+            lambda: cache.sensitivity(result),
         )
         if sens:
-            state.plot(figures.sensitivity_figure(sens), key="sens")
+            widgets.plot(figures.sensitivity_figure(sens), key="sens")
             st.dataframe(
                 pd.DataFrame(
                     [
@@ -123,9 +121,9 @@ with state.guard("the Layers page"):
             with st.expander("Find the fewest FP32 layers for a target drop (greedy)"):
                 target = st.number_input("Largest acceptable drop (points)", 0.0, 50.0, 1.0, 0.5)
                 if st.button("Search", key="greedy_go"):
-                    bar = state.ProgressBar(st, "Mixed precision search")
-                    found = state.greedy(key, float(target), result, bar)
-                    bar.empty()
+                    found = widgets.wait_for(
+                        cache.greedy(result, float(target)), "Mixed precision search"
+                    )
                     st.dataframe(
                         pd.DataFrame(
                             [
@@ -146,17 +144,17 @@ with state.guard("the Layers page"):
                     )
 
         st.subheader("Bit-width sweep")
-        bit_rows = state.on_request(
+        bit_rows = widgets.on_request(
             f"bits_{key}",
             "Simulates 8, 6, 5, 4, 3 and 2 bits with fake quantization (float math) to show "
             "how quickly accuracy falls as the grid gets coarser.",
             "Run the bit-width sweep",
             "bits_go",
             "Bit-width sweep",
-            lambda bar: state.bit_sweep(key, result, bar),
+            lambda: cache.bit_sweep(result),
         )
         if bit_rows:
-            state.plot(figures.bit_sweep_figure(bit_rows), key="bits")
+            widgets.plot(figures.bit_sweep_figure(bit_rows), key="bits")
 
         st.subheader("Quantization playground")
         st.caption(
@@ -166,13 +164,13 @@ with state.guard("the Layers page"):
 
         @st.fragment
         def playground() -> None:
-            with state.guard("the playground"):
+            with widgets.guard("the playground"):
                 p1, p2 = st.columns(2)
                 p_layer = p1.selectbox("Layer", list(LAYER_NAMES), key="pg_layer")
                 p_kind = p2.radio(
                     "Values", ["weights", "activations"], horizontal=True, key="pg_kind"
                 )
-                h = state.layer_histogram(key, p_layer, p_kind, result)
+                h = widgets.wait_for(cache.layer_histogram(result, p_layer, p_kind), "Histogram")
                 values = np.asarray(h["values_sample"], dtype=float)
                 lo, hi = float(values.min()), float(values.max())
                 obs_lo = h.get("clip_min") if h.get("clip_min") is not None else lo
@@ -217,7 +215,7 @@ with state.guard("the Layers page"):
                         "max": h["clip_max"],
                         "name": f"observer (8-bit, scale {h['scale']:.3g})",
                     }
-                state.plot(figures.playground_figure(values, fq, observer), key="pg_fig")
+                widgets.plot(figures.playground_figure(values, fq, observer), key="pg_fig")
                 st.caption(
                     f"{len(values):,} values sampled from {p_layer} {p_kind}. Narrowing the range "
                     "shrinks the step (less rounding error) but clips more values; fewer bits "

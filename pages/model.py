@@ -11,7 +11,7 @@ from aslquant.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
 from aslquant.model import load_checkpoint
-from aslquant.ui import state
+from aslquant.ui import cache, session, widgets
 
 st.title("Model")
 st.caption(
@@ -24,19 +24,19 @@ def _use_uploads(ckpt, labels) -> None:
     """Validate uploaded checkpoint + labels with the engine's safe loaders, then keep them."""
     names = load_labels(labels.getvalue(), name=labels.name)
     load_checkpoint(ckpt.getvalue(), num_labels=len(names), name=ckpt.name)
-    src = state.source()
-    state.set_source(
+    src = session.source()
+    session.set_source(
         dataclasses.replace(
             src,
-            checkpoint=str(state.save_upload(ckpt.getvalue(), ckpt.name)),
-            labels=str(state.save_upload(labels.getvalue(), labels.name)),
+            checkpoint=str(session.save_upload(ckpt.getvalue(), ckpt.name)),
+            labels=str(session.save_upload(labels.getvalue(), labels.name)),
             name=f"{ckpt.name} + {labels.name}",
         )
     )
 
 
-with state.guard("the Model page"):
-    src = state.source()
+with widgets.guard("the Model page"):
+    src = session.source()
     left, right = st.columns([3, 2], gap="large")
 
     with left:
@@ -59,12 +59,12 @@ with state.guard("the Model page"):
             if ckpt is None or labels is None:
                 st.error("Upload both a checkpoint (.pth) and a labels file.")
             else:
-                with state.guard("reading the uploads"):
+                with widgets.guard("reading the uploads"):
                     _use_uploads(ckpt, labels)
                     st.success(f"Using {ckpt.name} with {labels.name}.")
-                    src = state.source()
+                    src = session.source()
         if not src.is_demo and st.button("Back to the demo model"):
-            state.set_source(state.demo_source())
+            session.set_source(session.demo_source())
             st.rerun()
 
         st.subheader("Images")
@@ -78,7 +78,7 @@ with state.guard("the Model page"):
         )
         new_data = None
         if choice == "Demo images":
-            new_data = state.demo_source().data
+            new_data = session.demo_source().data
         elif choice == "Folder or .zip on this server":
             typed = st.text_input("Path to a folder or .zip", placeholder="/data/asl_alphabet_test")
             if typed and st.button("Use this folder"):
@@ -86,11 +86,11 @@ with state.guard("the Model page"):
         elif choice == "Upload a .zip":
             up = st.file_uploader("Images as a .zip", type=["zip"])
             if up is not None and st.button("Use this zip"):
-                new_data = str(state.save_upload(up.getvalue(), up.name))
+                new_data = str(session.save_upload(up.getvalue(), up.name))
         if new_data and new_data != src.data:
             trial = dataclasses.replace(src, data=new_data)
-            state.image_set(trial)  # raises InputError naming the folder if it is unusable
-            state.set_source(trial)
+            cache.image_set(trial)  # raises InputError naming the folder if it is unusable
+            session.set_source(trial)
             src = trial
             st.success(f"Using images from {new_data}.")
 
@@ -144,12 +144,12 @@ with state.guard("the Model page"):
             new_pp = pp
         if new_pp != pp:
             src = dataclasses.replace(src, preprocess=new_pp)
-            state.set_source(src)
+            session.set_source(src)
 
     st.divider()
     st.subheader("Model card")
-    model, class_names = state.model_and_labels(src)
-    rows = state.model_card(src)
+    model, class_names = cache.model_and_labels(src)
+    rows = cache.model_card(src)
     total_params = sum(r["params"] for r in rows)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Classes", len(class_names))
@@ -176,7 +176,7 @@ with state.guard("the Model page"):
     )
 
     st.subheader("Sample images per class")
-    images = state.image_set(src)
+    images = cache.image_set(src)
     counts = images.counts()
     st.caption(
         f"{len(images.items)} images ({images.layout} layout) in {len(class_names)} classes"
@@ -191,7 +191,7 @@ with state.guard("the Model page"):
         cols = st.columns(per_row)
         for col, ci in zip(cols, shown[start : start + per_row], strict=False):
             col.image(
-                state.thumbnail(first[ci]),
+                cache.thumbnail(first[ci]),
                 caption=f"{class_names[ci]} ({counts[class_names[ci]]})",
                 width="stretch",
             )

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from aslquant.data import open_image
-from aslquant.ui import live, state
+from aslquant.ui import live, session, widgets
 from aslquant.ui.predict import ModelPair, PairPrediction, predict_pair
 
 st.title("Predict")
@@ -22,7 +22,7 @@ _PROCESSOR = "aslquant_live_processor"
 _PAIRS = "aslquant_model_pairs"
 
 
-def _pair(entry: state.RunEntry, live_frames: bool = False) -> ModelPair:
+def _pair(entry: session.RunEntry, live_frames: bool = False) -> ModelPair:
     # One ModelPair object per run and session, so the live processor sees a stable identity.
     # Live frames run single-threaded: the browser, video coding and the server share the
     # cores, and a multi-threaded OpenMP team slows down badly when it cannot own them.
@@ -70,7 +70,7 @@ def _show(prediction: PairPrediction, key: str) -> None:
             best, p = rows[0]
             st.metric(f"{name} prediction", best, delta=f"{100 * p:.1f}% · {ms:.2f} ms",
                       delta_color="off", delta_arrow="off", border=True)  # fmt: skip
-            state.plot(_top3_figure(rows, f"{name} top-3"), key=f"{key}_{name}")
+            widgets.plot(_top3_figure(rows, f"{name} top-3"), key=f"{key}_{name}")
     st.caption(
         ("Both models agree. " if prediction.agree else "The models disagree on this image. ")
         + f"Latency: {prediction.timing}."
@@ -93,10 +93,10 @@ def _predict_bytes(data: bytes, name: str, pair: ModelPair, run_key: str, key: s
         _show(_predict_cached(run_key, digest, pair, image), key)
 
 
-with state.guard("the Predict page"):
-    entry = state.require_run()
+with widgets.guard("the Predict page"):
+    entry = widgets.require_run()
     if entry is not None:
-        entry = state.run_picker(st, "Which run's models", key="predict_run")
+        entry = widgets.run_picker(st, "Which run's models", key="predict_run")
         pair = _pair(entry)
         upload_tab, camera_tab, live_tab = st.tabs(
             ["Upload an image", "Camera snapshot", "Live webcam"]
@@ -107,7 +107,7 @@ with state.guard("the Predict page"):
                 "An image of a hand sign", type=["jpg", "jpeg", "png", "bmp", "webp"], key="pred_up"
             )
             if up is not None:
-                with state.guard("predicting the uploaded image"):
+                with widgets.guard("predicting the uploaded image"):
                     _predict_bytes(up.getvalue(), up.name, pair, entry.key, "upload")
             else:
                 st.caption("The image is resized per the Model page's preprocessing settings.")
@@ -115,7 +115,7 @@ with state.guard("the Predict page"):
         with camera_tab:
             shot = st.camera_input("Take a snapshot", key="pred_camera")
             if shot is not None:
-                with state.guard("predicting the snapshot"):
+                with widgets.guard("predicting the snapshot"):
                     _predict_bytes(shot.getvalue(), "snapshot", pair, entry.key, "camera")
 
         with live_tab:
@@ -146,7 +146,7 @@ with state.guard("the Predict page"):
 
             @st.fragment(run_every=0.5 if playing else None)
             def _live_stats() -> None:
-                with state.guard("the live view"):
+                with widgets.guard("the live view"):
                     stats = processor.snapshot()
                     if stats is None:
                         st.info(

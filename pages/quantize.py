@@ -16,7 +16,7 @@ from aslquant.recipe import (
     WEIGHT_OBSERVERS,
     QuantRecipe,
 )
-from aslquant.ui import state
+from aslquant.ui import cache, session, widgets
 
 st.title("Quantize")
 st.caption(
@@ -27,6 +27,20 @@ st.caption(
 REDUCE = {"default": None, "on": True, "off": False}
 
 
+def _summary_cards(entry: session.RunEntry) -> None:
+    """The summary; while timing (or the ONNX Runtime baseline) is pending, it re-draws itself
+    every half second until every card has its figure, then the page re-runs once."""
+    pending = not widgets.summary_settled(entry)
+
+    @st.fragment(run_every=0.5 if pending else None)
+    def cards() -> None:
+        widgets.show_summary(entry)
+        if pending and widgets.summary_settled(entry):
+            st.rerun()  # every figure is in: redraw the page without the timer
+
+    cards()
+
+
 def _init(values: dict) -> None:
     # Widget state is dropped when the user visits another page; restore the last recipe.
     for key, value in values.items():
@@ -34,10 +48,10 @@ def _init(values: dict) -> None:
             st.session_state[key] = value
 
 
-with state.guard("the Quantize page"):
-    src = state.source()
-    n_images = len(state.image_set(src).items)
-    last = state.default_recipe()
+with widgets.guard("the Quantize page"):
+    src = session.source()
+    n_images = len(cache.image_set(src).items)
+    last = session.default_recipe()
     _init(
         {
             "q_method": last.method,
@@ -140,20 +154,23 @@ with state.guard("the Quantize page"):
         st.error(str(err))
 
     if st.button("Quantize", type="primary", disabled=recipe is None, key="quantize"):
-        state.remember_recipe(recipe)
-        entry = state.quantize_with_progress(config)
+        session.remember_recipe(recipe)
+        entry = widgets.quantize_with_progress(config)
         # Rerun so the sidebar (drawn before this page) lists the new run too.
-        st.session_state["aslquant_flash"] = f"Run {entry.label} done in {entry.seconds:.1f} s."
+        st.session_state["aslquant_flash"] = (
+            f"Run {entry.label}: evaluated in {entry.seconds:.1f} s"
+            + ("." if entry.job.done else "; timing goes on in the background.")
+        )
         st.rerun()
     flash = st.session_state.pop("aslquant_flash", None)
     if flash:
         st.success(flash)
 
-    entry = state.current_run()
+    entry = session.current_run()
     if entry is not None:
         st.divider()
         st.subheader(f"Summary: {entry.label}")
-        state.show_summary(entry)
+        _summary_cards(entry)
         r = entry.result
 
         def column(m) -> list[str]:
@@ -161,10 +178,10 @@ with state.guard("the Quantize page"):
             return [
                 f"{100 * m.accuracy:.2f}%",
                 f"{100 * m.top5:.2f}%",
-                state.fmt_bytes(m.size_bytes),
-                state.fmt_bytes(m.torchscript_bytes),
-                f"{lat['b1_p50']:.2f} / {lat['b1_p95']:.2f}",
-                f"{lat['b32_p50']:.2f} / {lat['b32_p95']:.2f}",
+                widgets.fmt_bytes(m.size_bytes),
+                widgets.fmt_bytes(m.torchscript_bytes),
+                f"{lat['b1_p50']:.2f} / {lat['b1_p95']:.2f}" if lat else "pending",
+                f"{lat['b32_p50']:.2f} / {lat['b32_p95']:.2f}" if lat else "pending",
             ]
 
         detail = pd.DataFrame(
@@ -204,18 +221,22 @@ with state.guard("the Quantize page"):
                     "agreement %": 100 * e.result.agreement,
                     "size ratio": e.result.fp32.size_bytes / max(1, e.result.int8.size_bytes),
                     "b1 speed-up": e.result.fp32.latency_ms["b1_p50"]
-                    / e.result.int8.latency_ms["b1_p50"],
+                    / e.result.int8.latency_ms["b1_p50"]
+                    if e.result.timed
+                    else None,
                     "b32 speed-up": e.result.fp32.latency_ms["b32_p50"]
-                    / e.result.int8.latency_ms["b32_p50"],
+                    / e.result.int8.latency_ms["b32_p50"]
+                    if e.result.timed
+                    else None,
                     "key": e.key,
                 }
-                for e in reversed(state.runs())
+                for e in reversed(session.runs())
             ]
         )
         st.dataframe(history.round(2), hide_index=True, width="stretch")
         st.caption(
-            f"This session keeps the {state.MAX_RUNS} most recent runs; older ones are dropped. "
+            f"This session keeps the {session.MAX_RUNS} most recent runs; older ones are dropped. "
             "Pick the run the other pages show in the sidebar."
         )
-        if state.evicted():
-            st.caption("Dropped so far: " + "; ".join(state.evicted()))
+        if session.evicted():
+            st.caption("Dropped so far: " + "; ".join(session.evicted()))

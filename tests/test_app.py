@@ -58,6 +58,10 @@ def quantized_app(env) -> AppTest:
     _no_errors(at)
     at.button(key="quantize").click().run()
     _no_errors(at)
+    # The click returns once the evaluation is done; timing goes on in the background.
+    _current(at).job.result(timeout=TIMEOUT)
+    at.run()
+    _no_errors(at)
     return at
 
 
@@ -188,7 +192,7 @@ def test_pages_without_a_run_offer_one(env) -> None:
 
 
 def test_bad_checkpoint_shows_one_line_error(env, tmp_path: Path) -> None:
-    from aslquant.ui.state import demo_source
+    from aslquant.ui.session import demo_source
 
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"this is not a checkpoint")
@@ -206,18 +210,16 @@ def test_bad_checkpoint_shows_one_line_error(env, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_run_history_keeps_ten_most_recent(quantized_app: AppTest) -> None:
     """add_run drops the oldest beyond MAX_RUNS and says so (real results, new keys)."""
-    base = quantized_app.session_state["aslquant_runs"][0].result
+    base = quantized_app.session_state["aslquant_runs"][0].job
 
     def script() -> None:
-        import dataclasses
-
         import streamlit as st
 
-        from aslquant.ui import state
+        from aslquant.ui import session
 
-        for i in range(state.MAX_RUNS + 2):
-            state.add_run(dataclasses.replace(st.session_state["base"], key=f"k{i}"), 0.0)
-        st.text(f"{len(state.runs())} {state.runs()[0].key} {len(state.evicted())}")
+        for i in range(session.MAX_RUNS + 2):
+            session.add_run(f"k{i}", st.session_state["base"], 0.0)
+        st.text(f"{len(session.runs())} {session.runs()[0].key} {len(session.evicted())}")
 
     at = AppTest.from_function(script, default_timeout=TIMEOUT)
     at.session_state["base"] = base
@@ -286,7 +288,7 @@ def test_live_processor_from_another_thread(pair) -> None:
 
 @pytest.mark.slow
 def test_summary_also_shows_the_speed_up_against_onnx_runtime_fp32(quantized_app: AppTest) -> None:
-    from aslquant.ui.baseline import STORE
+    from aslquant.baselines import STORE
 
     deadline = time.monotonic() + TIMEOUT
     while STORE.busy() and time.monotonic() < deadline:  # ONNX Runtime is timed in the background
@@ -295,7 +297,7 @@ def test_summary_also_shows_the_speed_up_against_onnx_runtime_fp32(quantized_app
     at = quantized_app.switch_page("pages/quantize.py").run()
     _no_errors(at)
     r = _current(at).result
-    ort = r.baseline.onnx_fp32
+    ort = STORE.onnx_fp32(r.baseline.key)
     assert ort and "latency_ms" in ort, ort
     metrics = {m.label: m.value for m in at.metric}
     for batch in (1, 32):

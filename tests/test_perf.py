@@ -16,7 +16,8 @@ from aslquant.data import Preprocess
 from aslquant.engine_lock import engine_session
 from aslquant.measure import latency_profile
 from aslquant.model import load_checkpoint
-from aslquant.quantize import QuantizedMaxPool2d, portable_copy, quantize
+from aslquant.qmodules import QuantizedMaxPool2d, portable_copy
+from aslquant.quantize import quantize
 from aslquant.recipe import QuantRecipe
 from aslquant.run import DEMO_CHECKPOINT, RunConfig, execute, load_inputs, measure_fp32
 
@@ -125,48 +126,3 @@ def test_a_baseline_for_other_images_is_not_reused():
     same = execute(base_config, baseline=baseline)
     assert same.timings_s["fp32_reused"] == 1.0
     assert same.fp32.accuracy == baseline.metrics.accuracy
-
-
-def test_baseline_store_measures_in_the_background_and_hands_it_to_runs():
-    from aslquant.ui.baseline import BaselineStore
-
-    store = BaselineStore(max_entries=2)
-    config = _small(RunConfig().with_recipe(calib_images=32))
-    inputs = load_inputs(config)
-    job = store.ensure(config, inputs, onnx=False)
-    assert store.ensure(config, inputs, onnx=False) is job  # asked twice, measured once
-    baseline = job.future.result(timeout=600)
-    assert store.ready(inputs.fp32_key) is baseline and not store.busy()
-    assert baseline.key == inputs.fp32_key and baseline.evaluation.n == 96
-    run = execute(dataclasses.replace(config), baseline=store.ready(inputs.fp32_key))
-    assert run.timings_s["fp32_reused"] == 1.0
-    # A run that measured FP32 itself hands its baseline over; the oldest entry is dropped.
-    other = dataclasses.replace(config, eval_images=64)
-    cold = execute(other)
-    store.adopt(cold.baseline, cold.fp32_model, onnx=False)
-    assert store.ready(cold.baseline.key) is cold.baseline
-    third = dataclasses.replace(config, eval_images=32)
-    store.adopt(execute(third).baseline, cold.fp32_model, onnx=False)
-    assert store.ready(inputs.fp32_key) is None  # bounded: max_entries=2
-
-
-def test_background_timing_waits_while_a_run_is_in_progress():
-    import threading
-    import time
-
-    from aslquant.ui.baseline import BaselineStore
-
-    store = BaselineStore()
-    entered = threading.Event()
-
-    def background_call():
-        with store._background_turn():
-            entered.set()
-
-    with store.foreground():
-        worker = threading.Thread(target=background_call)
-        worker.start()
-        time.sleep(0.3)
-        assert not entered.is_set()  # a user's run is in progress: the ONNX timing waits
-    worker.join(timeout=10)
-    assert entered.is_set()

@@ -1,0 +1,208 @@
+"""Cached engine calls for the dashboard, process-wide and keyed by content hashes.
+
+Cheap loaders (model, labels, image listing, thumbnails) use Streamlit's caches; they draw
+nothing. Heavy work (runs, analyses, exports) are jobs of ``aslquant.service``: computed once
+whichever session asks, returning plain values; each page follows a job with its own progress
+bar (``widgets.follow``), so a result computed for one session is simply shown in another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from aslquant import service
+from aslquant.baselines import STORE
+from aslquant.data import ImageSet, load_image_set, open_image
+from aslquant.data import sha256_file as data_sha256_file
+from aslquant.errors import InputError
+from aslquant.jobs import Job
+from aslquant.labels import load_labels
+from aslquant.model import CustomCNN, layer_table, load_checkpoint
+from aslquant.run import RunConfig, RunResult, load_inputs
+from aslquant.ui.session import Source, default_recipe, session_id, source
+
+
+def sha256_file(path: str | Path) -> str:
+    if not Path(path).is_file():
+        raise InputError(f"{path}: file not found")
+    return data_sha256_file(path)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _model_and_labels(
+    checkpoint_sha: str, labels_sha: str, _checkpoint: str, _labels: str
+) -> tuple[CustomCNN, list[str]]:
+    names = load_labels(_labels)
+    return load_checkpoint(_checkpoint, num_labels=len(names)), names
+
+
+def model_and_labels(src: Source) -> tuple[CustomCNN, list[str]]:
+    """The FP32 model and class names of ``src`` (cached by content hash; do not mutate)."""
+    return _model_and_labels(
+        sha256_file(src.checkpoint), sha256_file(src.labels), src.checkpoint, src.labels
+    )
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _layer_table(checkpoint_sha: str, labels_sha: str, input_size: int, _src: Source) -> list:
+    model, _ = model_and_labels(_src)
+    return layer_table(model, input_size)
+
+
+def model_card(src: Source) -> list[dict]:
+    """Per-layer type, shapes, parameters, MACs and FP32 bytes at the source's input size."""
+    return _layer_table(
+        sha256_file(src.checkpoint), sha256_file(src.labels), src.preprocess.input_size, src
+    )
+
+
+@st.cache_resource(max_entries=8, ttl=300, show_spinner=False)
+def _image_set(data: str, class_names: tuple[str, ...]) -> ImageSet:
+    return load_image_set(data, list(class_names))
+
+
+def image_set(src: Source) -> ImageSet:
+    """The labelled images of ``src`` (re-scanned at most every 5 minutes)."""
+    _, names = model_and_labels(src)
+    return _image_set(src.data, tuple(names))
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def thumbnail(path: str, size: int = 112):
+    """A small RGB thumbnail of an image on disk, decoded by the engine's safe loader."""
+    img = open_image(path)
+    img.thumbnail((size, size))
+    return img
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def prefetch_baseline(src: Source | None = None) -> None:
+    """Start measuring the FP32 side of the session's model, images and last recipe.
+
+    Cheap (hashes and a file listing); once per source and recipe in a session. Background
+    work for models and images no session uses any more is cancelled.
+    """
+    src = src or source()
+    config = src.config(default_recipe())
+    marker = ("aslquant_prefetched", config)
+    if st.session_state.get("aslquant_prefetched") == marker:
+        return
+    try:
+        STORE.prefetch(config, load_inputs(config), owner=session_id())
+    except InputError:
+        return  # the pages report bad inputs themselves
+    st.session_state["aslquant_prefetched"] = marker
+
+
+def start_run(config: RunConfig) -> tuple[str, Job[RunResult]]:
+    """(run key, job) for ``config``: a running or finished job is joined, not repeated."""
+    inputs = load_inputs(config)
+    return inputs.key, service.run_job(config, inputs)
+
+
+def onnx_fp32(result: RunResult) -> dict | None:
+    """ONNX Runtime FP32 figures of the run's model: a dict, {"error": ...}, or None (pending)."""
+    return STORE.onnx_fp32(result.baseline.key) if result.baseline is not None else None
+
+
+# --- analyses and exports of a run ----------------------------------------------------------------
+
+
+def layer_errors(result: RunResult) -> Job:
+    from aslquant import analysis
+
+    return service.analysis_job(
+        "layers", result, None, lambda progress: analysis.layer_errors(result, progress=progress)
+    )
+
+
+def layer_histogram(result: RunResult, layer: str, kind: str) -> Job:
+    from aslquant import analysis
+
+    return service.analysis_job(
+        "histogram",
+        result,
+        [layer, kind],
+        lambda progress: analysis.layer_histogram(result, layer, kind),
+    )
+
+
+def sensitivity(result: RunResult) -> Job:
+    from aslquant import analysis
+
+    return service.analysis_job(
+        "sensitivity", result, None, lambda progress: analysis.sensitivity(result, progress=progress)
+    )
+
+
+def greedy(result: RunResult, target: float) -> Job:
+    from aslquant import analysis
+
+    return service.analysis_job(
+        "greedy",
+        result,
+        target,
+        lambda progress: analysis.greedy_mixed_precision(result, target, progress=progress),
+    )
+
+
+def bit_sweep(result: RunResult) -> Job:
+    from aslquant import analysis
+
+    return service.analysis_job(
+        "bit_sweep", result, None, lambda progress: analysis.bit_sweep(result, progress=progress)
+    )
+
+
+def config_sweep(result: RunResult, grid: dict) -> Job:
+    from aslquant import analysis
+
+    return service.analysis_job(
+        "sweep",
+        result,
+        grid,
+        lambda progress: analysis.config_sweep(result.config, grid, progress=progress),
+    )
+
+
+def onnx_compare(result: RunResult) -> Job:
+    from aslquant import export
+
+    return service.analysis_job(
+        "onnx", result, None, lambda progress: export.onnx_compare(result, progress=progress)
+    )
+
+
+def _export_root() -> Path:
+    from aslquant.runtime import cache_root
+
+    return cache_root() / "exports"
+
+
+def export_files(result: RunResult) -> Job:
+    """Exported model files of a run: {kind: (file name, bytes)} and notes, once per run key."""
+    from aslquant import export
+
+    def compute(progress) -> dict:
+        out = _export_root() / result.key
+        out.mkdir(parents=True, exist_ok=True)
+        exported = export.export_models(result, out)
+        files = {name: (p.name, p.read_bytes()) for name, p in exported.files.items()}
+        return {"files": files, "notes": list(exported.notes)}
+
+    return service.analysis_job("export", result, None, compute)
+
+
+def report_texts(result: RunResult, layers: list, onnx: dict | None) -> dict:
+    """report.json / report.md / report.html of a run as text (from the same writers the CLI
+    uses, with the per-layer analysis and ONNX numbers when given)."""
+    from aslquant.report import render_run_reports, report_dict
+
+    sections = {"layers": layers}
+    if onnx is not None:
+        sections["onnx"] = onnx
+    return render_run_reports(report_dict(result, sections))
