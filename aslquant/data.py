@@ -38,6 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aslquant.errors import InputError
 from aslquant.model import MIN_INPUT_SIZE
+from aslquant.pixelcache import PIXELS, Unreadable
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -150,8 +151,9 @@ class Preprocess:
             return s, int(s * height / width)
         return int(s * width / height), s
 
-    def apply(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> float32 tensor (3, s, s)."""
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The geometric steps: PIL image -> uint8 array (3, s, s), resized, cropped, in the
+        channel order the network is fed (what the pixel cache keeps)."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         s = self.input_size
@@ -166,15 +168,28 @@ class Preprocess:
         arr = np.asarray(image, dtype=np.uint8)
         if self.bgr:
             arr = arr[:, :, ::-1]
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def geometry(self) -> tuple:
+        """What ``pixels`` depends on (part of the pixel cache's key)."""
+        return (self.input_size, self.crop, self.bgr)
+
+    def normalize(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 pixels (3, s, s) or (N, 3, s, s) -> the float32 network input (ToTensor, Normalize)."""
         # NumPy float32 arithmetic is IEEE-identical to torch's here, and stays single-threaded
         # (torch's intra-op threads on tiny tensors cost more than the work on a busy machine).
-        x = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+        x = pixels.astype(np.float32)
         if self.scale == 1:
             x /= np.float32(255)
         if self.mean is not None and self.std is not None:
-            x -= np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
-            x /= np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+            shape = (3, 1, 1) if x.ndim == 3 else (1, 3, 1, 1)
+            x -= np.asarray(self.mean, dtype=np.float32).reshape(shape)
+            x /= np.asarray(self.std, dtype=np.float32).reshape(shape)
         return torch.from_numpy(x)
+
+    def apply(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> float32 tensor (3, s, s)."""
+        return self.normalize(self.pixels(image))
 
     def apply_array(self, rgb: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 RGB frame (e.g. from the webcam) -> the same tensor ``apply`` gives."""
@@ -728,14 +743,31 @@ class Batch:
     items: list[LabeledImage]
 
 
-def _load_one(item: LabeledImage, pp: Preprocess) -> torch.Tensor:
-    """Preprocessed tensor for one item; raises ``_BadImage`` with the reason."""
-    return pp.apply(_decode(_read_image_bytes(Path(item.path))))
+def _pixels(item: LabeledImage, pp: Preprocess) -> np.ndarray:
+    """uint8 pixels of one item, decoded once per geometry (``aslquant.pixelcache``);
+    raises ``_BadImage`` with the reason (also remembered)."""
+    try:
+        st = os.stat(item.path)
+        key = (item.path, st.st_size, st.st_mtime_ns, pp.geometry())
+    except OSError as err:
+        raise _BadImage(f"cannot read file ({err.strerror or err})") from None
+    cached = PIXELS.get(key)
+    if isinstance(cached, Unreadable):
+        raise _BadImage(str(cached))
+    if cached is not None:
+        return cached
+    try:
+        pixels = pp.pixels(_decode(_read_image_bytes(Path(item.path))))
+    except _BadImage as err:
+        PIXELS.put(key, Unreadable(str(err)))
+        raise
+    PIXELS.put(key, pixels)
+    return pixels
 
 
-def _batch(xs: list[torch.Tensor], kept: list[LabeledImage]) -> Batch:
-    # np.stack over the shared buffers avoids torch.stack's thread pool for a plain copy.
-    x = torch.from_numpy(np.stack([t.numpy() for t in xs]))
+def _batch(pixels: list[np.ndarray], kept: list[LabeledImage], pp: Preprocess) -> Batch:
+    # One normalization over the stacked uint8 batch (cheaper than per image).
+    x = pp.normalize(np.stack(pixels))
     return Batch(x, torch.tensor([i.label for i in kept], dtype=torch.long), kept)
 
 
@@ -748,21 +780,21 @@ def iter_batches(
     """Stream batches; unreadable images are left out and appended to ``skipped``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch size must be a whole number >= 1, got {batch_size!r}")
-    xs: list[torch.Tensor] = []
+    xs: list[np.ndarray] = []
     kept: list[LabeledImage] = []
     for item in items:
         try:
-            xs.append(_load_one(item, pp))
+            xs.append(_pixels(item, pp))
         except _BadImage as err:
             if skipped is not None:
                 skipped.append((item.display, str(err)))
             continue
         kept.append(item)
         if len(kept) == batch_size:
-            yield _batch(xs, kept)
+            yield _batch(xs, kept, pp)
             xs, kept = [], []
     if kept:
-        yield _batch(xs, kept)
+        yield _batch(xs, kept, pp)
 
 
 def load_tensors(items: list[LabeledImage], pp: Preprocess, skipped: list | None = None) -> Batch:
