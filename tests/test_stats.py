@@ -256,6 +256,27 @@ def test_newcombe_narrows_with_positive_correlation_and_covers_at_small_n():
         assert 0.90 <= covered <= 0.99, (probs, covered)
 
 
+def test_at_the_small_count_threshold_bootstrap_and_newcombe_both_cover():
+    """SMALL_COUNT hands over from Newcombe to the bootstrap at 10 changed images: there,
+    both should cover the true drop about 95% of the time."""
+    rng = np.random.default_rng(2)
+    n, probs = 500, (0.88, 0.015, 0.005, 0.10)  # ~10 changed images expected
+    true_drop = 100 * (probs[1] - probs[2])
+    boot_hits = newcombe_hits = runs = 0
+    for table in rng.multinomial(n, probs, size=300):
+        a, b, c, d = map(int, table)
+        fp32 = np.array([True] * (a + b) + [False] * (c + d))
+        int8 = np.array([True] * a + [False] * b + [True] * c + [False] * d)
+        diff = fp32.astype(float) - int8
+        reps = 100 * stats.bootstrap_means(diff, n_boot=400, seed=runs)[:, 0]
+        low, high = np.percentile(reps, [2.5, 97.5])
+        boot_hits += low <= true_drop <= high
+        newcombe_hits += stats.newcombe_drop_interval(a, b, c, d).contains(true_drop)
+        runs += 1
+    assert 0.90 <= boot_hits / runs <= 0.99
+    assert 0.90 <= newcombe_hits / runs <= 0.99
+
+
 # ---------------------------------------------------------------------------------------------
 # Seeds, gates, ranks, classes
 
