@@ -63,6 +63,7 @@ from torch.ao.quantization.observer import HistogramObserver
 from aslquant.errors import InputError
 
 __all__ = [
+    "CLIPPING_OBSERVERS",
     "EntropyObserver",
     "MSEObserver",
     "PercentileObserver",
@@ -394,3 +395,21 @@ class MSEObserver(_ClippingHistogramObserver):
 
     def _choose_range(self, counts: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
         return mse_range(counts, lo, hi, self.levels - 1)
+
+
+#: Recipe name -> (observer class, one line for the option's help). The classes take the
+#: usual ``dtype``/``qscheme``/``reduce_range`` through ``.with_args``.
+CLIPPING_OBSERVERS: dict[str, tuple[type[_ClippingHistogramObserver], str]] = {
+    "percentile": (
+        PercentileObserver,
+        "Range = 0.01st..99.99th percentile of the values: one outlier in 10,000 is clipped.",
+    ),
+    "entropy": (
+        EntropyObserver,
+        "TensorRT's KL calibration: the range whose 8-bit version loses the least information.",
+    ),
+    "mse": (
+        MSEObserver,
+        "The range with the least expected squared error, rounding and clipping together.",
+    ),
+}

@@ -19,6 +19,7 @@ from aslquant.errors import InputError
 from aslquant.labels import load_labels
 from aslquant.model import FUSE_GROUPS, load_checkpoint
 from aslquant.observers import (
+    CLIPPING_OBSERVERS,
     EntropyObserver,
     MSEObserver,
     PercentileObserver,
@@ -188,6 +189,28 @@ def test_qparams_are_torch_qparams_for_the_chosen_range(observer_cls, reduce_ran
     assert torch.equal(scale, ref_scale)
     assert torch.equal(zero_point, ref_zero_point)
     assert obs.quant_max == (127 if reduce_range else 255)
+
+
+@pytest.mark.parametrize("observer_cls", OBSERVERS)
+def test_symmetric_qscheme_and_constant_input_follow_torch(observer_cls):
+    x = torch.cat([torch.linspace(-1, 3, 10_000), torch.tensor([30.0])])
+    sym = dict(qscheme=torch.per_tensor_symmetric)
+    obs = _observe(observer_cls, x, **sym)
+    reference = _observe(tq.MinMaxObserver, torch.tensor(obs.clip_range()), **sym)
+    assert torch.equal(obs.calculate_qparams()[0], reference.calculate_qparams()[0])
+    assert int(obs.calculate_qparams()[1]) == 128  # torch's symmetric quint8 zero point
+    # A dead channel (all zeros) gives exactly what min/max gives.
+    dead = _observe(observer_cls, torch.zeros(100))
+    expected = _observe(tq.MinMaxObserver, torch.zeros(100)).calculate_qparams()
+    assert all(torch.equal(a, b) for a, b in zip(dead.calculate_qparams(), expected, strict=True))
+
+
+def test_registry_names_each_observer_once():
+    assert {name: cls for name, (cls, _) in CLIPPING_OBSERVERS.items()} == {
+        "percentile": PercentileObserver,
+        "entropy": EntropyObserver,
+        "mse": MSEObserver,
+    }
 
 
 @pytest.mark.parametrize("observer_cls", OBSERVERS)
