@@ -26,7 +26,7 @@ from torch import nn
 
 from aslquant.errors import UnsupportedCombination
 from aslquant.model import LAYER_NAMES, CustomCNN
-from aslquant.qconfig import backend_config, make_qconfig
+from aslquant.qconfig import TORCH_ACT_OBSERVERS, backend_config, make_qconfig
 from aslquant.qmodules import Fp16Weight, MixedPrecisionCNN, use_fast_pooling
 
 if TYPE_CHECKING:
@@ -93,6 +93,12 @@ class Method:
     scriptable: bool = True
     #: Cheap to re-quantize with other settings (sensitivity, doctor): no fine-tuning.
     requantizable: bool = True
+    #: Calibrates with the recipe's activation observer (any of qconfig.ACT_OBSERVERS).
+    chooses_act_observer: bool = False
+    #: Cross-layer equalization applies (the method quantizes weights to INT8).
+    supports_equalize: bool = False
+    #: Bias correction applies (INT8 weights and calibration images to measure the shift).
+    supports_bias_correction: bool = False
     prepare: Callable[[CustomCNN, QuantRecipe, int], nn.Module] | None = None
     convert: Callable[[nn.Module, QuantRecipe], nn.Module] | None = None
 
@@ -115,6 +121,19 @@ class Method:
                 f"method {self.name} chooses its own observers ({need}); got "
                 + ", ".join(f"{k} {getattr(recipe, k)}" for k in wrong)
             )
+        if not self.chooses_act_observer and recipe.act_observer not in TORCH_ACT_OBSERVERS:
+            raise UnsupportedCombination(
+                f"method {self.name} cannot calibrate with the {recipe.act_observer} observer "
+                f"(only {', '.join(names(lambda m: m.chooses_act_observer))} can)"
+            )
+        for flag, supported in (
+            ("equalize", self.supports_equalize),
+            ("bias_correction", self.supports_bias_correction),
+        ):
+            if getattr(recipe, flag) and not supported:
+                raise UnsupportedCombination(
+                    f"method {self.name} does not support --{flag.replace('_', '-')} on"
+                )
         bad = [n for n in recipe.keep_fp32 if n not in self.keep_fp32_layers]
         if bad:
             raise UnsupportedCombination(
@@ -357,6 +376,9 @@ METHODS: dict[str, Method] = {
             _build_static,
             calibrates=True,
             uses_observers=True,
+            chooses_act_observer=True,
+            supports_equalize=True,
+            supports_bias_correction=True,
             prepare=prepare_static,
             convert=convert_eager,
         ),
@@ -365,6 +387,7 @@ METHODS: dict[str, Method] = {
             "Dynamic: INT8 weights for the Linear layers, activations quantized on the fly.",
             _build_dynamic,
             uses_weight_observer=True,
+            supports_equalize=True,
             keep_fp32_layers=_DYNAMIC_LAYERS,
             quantized_layers=_DYNAMIC_LAYERS,
         ),
@@ -374,6 +397,9 @@ METHODS: dict[str, Method] = {
             _build_fx,
             calibrates=True,
             uses_observers=True,
+            chooses_act_observer=True,
+            supports_equalize=True,
+            supports_bias_correction=True,
             prepare=prepare_fx,
             convert=convert_fx,
         ),
@@ -384,6 +410,7 @@ METHODS: dict[str, Method] = {
             trains=True,
             uses_observers=True,
             requantizable=False,
+            supports_equalize=True,
             prepare=prepare_qat,
             convert=convert_eager,
         ),
@@ -400,6 +427,8 @@ METHODS: dict[str, Method] = {
             calibrates=True,
             uses_observers=True,
             backends=frozenset({"x86"}),
+            supports_equalize=True,
+            supports_bias_correction=True,
             fixed={"act_observer": "histogram", "weight_observer": "per-channel",
                    "qscheme": "symmetric"},  # fmt: skip
             has_layer_modules=False,

@@ -26,6 +26,12 @@ class ObserverChoice:
     observer: Any
 
 
+def _clipping() -> dict[str, ObserverChoice]:
+    from aslquant.observers import CLIPPING_OBSERVERS
+
+    return {name: ObserverChoice(help, cls) for name, (cls, help) in CLIPPING_OBSERVERS.items()}
+
+
 ACT_OBSERVERS: dict[str, ObserverChoice] = {
     "minmax": ObserverChoice(
         "Range = smallest and largest activation seen; one outlier widens every step.",
@@ -39,7 +45,12 @@ ACT_OBSERVERS: dict[str, ObserverChoice] = {
         "Builds a histogram and picks the range that minimises quantization error.",
         tq.HistogramObserver,
     ),
+    # Calibration techniques that clip outliers (ONNX Runtime / TensorRT / NNCF style).
+    **_clipping(),
 }
+
+#: Observers torch ships; the clipping ones above are aslquant's (aslquant.observers).
+TORCH_ACT_OBSERVERS = ("minmax", "moving-average", "histogram")
 
 
 def weight_observer(recipe: QuantRecipe, fake_quant: bool = False):

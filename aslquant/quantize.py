@@ -9,6 +9,7 @@ run raise ``UnsupportedCombination`` with a message naming them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,10 @@ class QuantizedModel:
     notes: tuple[str, ...] = ()
     qat_history: tuple[dict, ...] = ()
     reference: nn.Module | None = field(default=None, compare=False)
+    #: The float model that was quantized: the FP32 model after the recipe's rewrites
+    #: (equalization, bias correction), or the FP32 model itself. Per-layer comparisons use it,
+    #: since equalization rescales each layer's channels while keeping the logits.
+    float_source: nn.Module | None = field(default=None, compare=False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with engine_session(self.backend), torch.inference_mode():
@@ -82,6 +87,7 @@ def quantize(
         if calibration is None or len(calibration) == 0:
             raise UnsupportedCombination(f"method {recipe.method} needs calibration images; got none")
         batches = list(torch.split(calibration[: recipe.calib_images], recipe.calib_batch_size))
+    source, notes = _techniques(model, recipe, batches)
     backend = recipe.backend if method.quantized_engine else None
     if backend is not None:
         _check_engine(recipe)
@@ -96,7 +102,7 @@ def quantize(
     )
     try:
         with engine_session(backend):
-            built = method.build(ctx)
+            built = method.build(dataclasses.replace(ctx, model=source))
             if method.has_layer_modules:  # compiled graphs refuse .eval(); they are eval already
                 # Every eager/FX model gets the fast max-pool (it falls back on float input).
                 use_fast_pooling(built.module).eval()
@@ -109,5 +115,44 @@ def quantize(
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UnsupportedCombination(f"torch cannot run {recipe.describe()}: {first[:200]}") from None
     return QuantizedModel(
-        built.module, recipe, backend, tuple(built.notes), tuple(built.history), built.reference
+        built.module,
+        recipe,
+        backend,
+        tuple(notes + built.notes),
+        tuple(built.history),
+        built.reference,
+        source,
     )
+
+
+def _techniques(
+    model: CustomCNN, recipe: QuantRecipe, batches: list[torch.Tensor]
+) -> tuple[CustomCNN, list[str]]:
+    """The float-model rewrites a recipe asks for, before quantizing (each on a copy).
+
+    Cross-layer equalization first, then bias correction (the order of Nagel et al. 2019:
+    bias correction measures the weights that will actually be rounded).
+    """
+    notes: list[str] = []
+    if recipe.equalize:
+        from aslquant.equalize import equalize
+
+        model, report = equalize(model)
+        spread = [
+            f"{p.first}->{p.second} {p.first_spread_before:.1f}->{p.first_spread_after:.1f}"
+            for p in report.pairs
+        ]
+        notes.append("cross-layer equalization: channel range spread " + ", ".join(spread))
+    if recipe.bias_correction:
+        from aslquant.bias_correction import correct_biases
+        from aslquant.qconfig import make_qconfig
+
+        layers = [n for n in recipe.method_spec.quantized_layers if n not in recipe.keep_fp32]
+        model, report = correct_biases(
+            model, batches, make_qconfig(recipe).weight, layers=layers
+        )
+        notes.append(
+            "bias correction: mean |shift| per layer "
+            + ", ".join(f"{r.layer} {r.mean_abs_shift:.2g}" for r in report.layers)
+        )
+    return model, notes

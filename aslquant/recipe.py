@@ -164,6 +164,12 @@ FIELDS: dict[str, FieldSpec] = {
     ),
     "keep_fp32": FieldSpec("keep_fp32", LayerSet(), "layers left in float (true FP32 islands)"),
     "fuse": FieldSpec("fuse", Flag(), "fuse conv+ReLU and linear+ReLU before quantizing"),
+    "equalize": FieldSpec(
+        "equalize", Flag(), "cross-layer equalization: even out channel ranges (function kept)"
+    ),
+    "bias_correction": FieldSpec(
+        "bias_correction", Flag(), "subtract the mean output shift weight rounding causes"
+    ),
     "qat_epochs": FieldSpec("QAT epochs", Interval(1, 50), "fine-tuning epochs for qat"),
     "qat_lr": FieldSpec("QAT learning rate", Interval(1e-7, 1.0, integer=False), "QAT SGD step"),
     "qat_freeze_observers_epoch": FieldSpec(
@@ -193,6 +199,8 @@ class QuantRecipe:
     calib_batch_size: int = 16
     keep_fp32: tuple[str, ...] = field(default_factory=tuple)
     fuse: bool = True
+    equalize: bool = False
+    bias_correction: bool = False
     qat_epochs: int = 3
     qat_lr: float = 1e-4
     qat_freeze_observers_epoch: int = 2
@@ -263,6 +271,10 @@ class QuantRecipe:
             text += f", FP32 kept: {', '.join(self.keep_fp32)}"
         if not self.fuse:
             text += ", unfused"
+        if self.equalize:
+            text += ", CLE"
+        if self.bias_correction:
+            text += ", bias-corrected"
         return text
 
 

@@ -221,3 +221,18 @@ def test_keeping_every_layer_in_fp32_is_the_fp32_model(demo, method, wide_input)
     assert torch.equal(got.argmax(1), expected.argmax(1))  # 100% agreement
     # pt2e runs through Inductor's float kernels: same math, other summation order.
     assert torch.allclose(got, expected, atol=1e-4 if method == "pt2e" else 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["static", "fx"])
+def test_clipping_observers_and_techniques_run_through_quantize(demo, method):
+    model, calib, evaluation, fp32_top1, _ = demo
+    recipe = QuantRecipe(
+        method=method, act_observer="percentile", equalize=True, bias_correction=True
+    )
+    q = quantize(model, recipe, calib)
+    assert _agreement(q, evaluation, fp32_top1) >= 0.9
+    assert any("cross-layer equalization" in n for n in q.notes)
+    assert any("bias correction" in n for n in q.notes)
+    # The float model that was quantized is a rewritten copy; the user's model is untouched.
+    assert q.float_source is not model
+    assert torch.equal(model.conv1.weight, load_checkpoint(DEMO_CHECKPOINT).conv1.weight)
