@@ -13,6 +13,7 @@ import io
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,6 +99,67 @@ def latency_ms(
     return latency_stats(time_calls(run, example, runs, warmup))
 
 
+@dataclass(frozen=True)
+class LatencyProfile:
+    """One model's latency figures and, per batch size, whether to believe them.
+
+    ``figures``: ``{"b1_p50", "b1_p95", "b32_p50", "b32_p95"}`` in ms; ``reliability``:
+    ``{"b1": machine.Reliability, "b32": ...}`` judged from the spread of the calls and the
+    machine's load while they ran (samples taken earlier, e.g. evaluation batches, are
+    judged by their spread, and by the load of any calls topped up here).
+    """
+
+    figures: dict[str, float]
+    reliability: dict[str, Any]
+
+    @property
+    def reliable(self) -> bool:
+        return all(r.reliable for r in self.reliability.values())
+
+
+def measure_latency(
+    module: nn.Module,
+    backend: str | None,
+    input_size: int,
+    threads: int,
+    *,
+    runs: int = 30,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    measured: dict[int, Sequence[float]] | None = None,
+    guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> LatencyProfile:
+    """Median and p95 per batch size for one model under its engine, each judged.
+
+    ``measured`` maps a batch size to call times (seconds) already taken under the same
+    engine and threads after warm-up — the full batches of the evaluation pass. They count
+    as timed runs; only the shortfall to ``runs`` is timed here, on random input.
+    ``guard``: entered around each call instead of holding the engine session for the whole
+    measurement (background timing that yields to users' runs between calls); it must set
+    the engine and threads itself.
+    """
+    from aslquant.machine import judge_latency, watch_load
+
+    figures: dict[str, float] = {}
+    reliability: dict[str, Any] = {}
+    generator = torch.Generator().manual_seed(0)
+    outer = contextlib.nullcontext() if guard else engine_session(backend, threads)
+    with outer:
+        for batch in batch_sizes:
+            times = list((measured or {}).get(batch, ()))
+            load = None
+            if len(times) < runs:
+                x = torch.rand(batch, 3, input_size, input_size, generator=generator)
+                warmup = 1 if times else 3
+                with watch_load() as watch:
+                    times += list(time_calls(module, x, runs - len(times), warmup, guard=guard))
+                load = watch.result
+            stats = latency_stats(times)
+            figures[f"b{batch}_p50"] = stats["p50"]
+            figures[f"b{batch}_p95"] = stats["p95"]
+            reliability[f"b{batch}"] = judge_latency(times, load, threads=threads)
+    return LatencyProfile(figures, reliability)
+
+
 def latency_profile(
     module: nn.Module,
     backend: str | None,
@@ -109,29 +171,17 @@ def latency_profile(
     measured: dict[int, Sequence[float]] | None = None,
     guard: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, float]:
-    """``{"b1_p50", "b1_p95", "b32_p50", "b32_p95"}`` for one model, under its engine.
-
-    ``measured`` maps a batch size to call times (seconds) already taken under the same
-    engine and threads after warm-up — the full batches of the evaluation pass. They count
-    as timed runs; only the shortfall to ``runs`` is timed here, on random input.
-    ``guard``: entered around each call instead of holding the engine session for the whole
-    measurement (background timing that yields to users' runs between calls); it must set
-    the engine and threads itself.
-    """
-    out: dict[str, float] = {}
-    generator = torch.Generator().manual_seed(0)
-    outer = contextlib.nullcontext() if guard else engine_session(backend, threads)
-    with outer:
-        for batch in batch_sizes:
-            times = list((measured or {}).get(batch, ()))
-            if len(times) < runs:
-                x = torch.rand(batch, 3, input_size, input_size, generator=generator)
-                warmup = 1 if times else 3
-                times += list(time_calls(module, x, runs - len(times), warmup, guard=guard))
-            stats = latency_stats(times)
-            out[f"b{batch}_p50"] = stats["p50"]
-            out[f"b{batch}_p95"] = stats["p95"]
-    return out
+    """``{"b1_p50", "b1_p95", "b32_p50", "b32_p95"}`` for one model (see measure_latency)."""
+    return measure_latency(
+        module,
+        backend,
+        input_size,
+        threads,
+        runs=runs,
+        batch_sizes=batch_sizes,
+        measured=measured,
+        guard=guard,
+    ).figures
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:

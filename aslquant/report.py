@@ -68,7 +68,13 @@ def report_dict(
         "n_eval": result.n_eval,
         "n_calib": result.n_calib,
         "threads": result.threads,
+        "uncertainty": result.uncertainty.to_dict(),
         "per_class": result.per_class(),
+        "per_class_drops": [row.to_dict() for row in result.per_class_drops()],
+        "latency_reliable": {
+            "fp32": result.fp32.latency_reliable,
+            "int8": result.int8.latency_reliable,
+        },
         "confusion": {
             "fp32": result.confusion_fp32.tolist(),
             "int8": result.confusion_int8.tolist(),

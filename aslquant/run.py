@@ -22,8 +22,10 @@ import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,13 +37,14 @@ from aslquant.engine_lock import default_threads, engine_session
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
 from aslquant.measure import (
+    LatencyProfile,
     ModelEvaluation,
     PairEvaluation,
     accuracy,
     confusion,
     evaluate_models,
     fp32_runner,
-    latency_profile,
+    measure_latency,
     pair,
     per_class_accuracy,
     serialized_size,
@@ -52,6 +55,15 @@ from aslquant.qmodules import portable_copy
 from aslquant.quantize import Progress, QuantizedModel, quantize
 from aslquant.recipe import Interval, QuantRecipe
 from aslquant.runtime import release_memory
+from aslquant.stats import (
+    ClassDrop,
+    GateVerdict,
+    PairSummary,
+    SeedSpread,
+    gate_verdict,
+    pair_summary,
+    per_class_drops,
+)
 
 _DEMO = default_demo()
 DEMO_CHECKPOINT = _DEMO.checkpoint
@@ -232,14 +244,34 @@ class ModelMetrics:
     size_bytes: int
     torchscript_bytes: int | None
     latency_ms: Mapping[str, float] | None = None
+    #: Per batch size ("b1", "b32"): machine.Reliability of the latency figure.
+    latency_reliability: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["latency_ms"] = None if self.latency_ms is None else dict(self.latency_ms)
-        return d
+        return {
+            "accuracy": self.accuracy,
+            "top5": self.top5,
+            "size_bytes": self.size_bytes,
+            "torchscript_bytes": self.torchscript_bytes,
+            "latency_ms": None if self.latency_ms is None else dict(self.latency_ms),
+            "latency_reliability": None
+            if self.latency_reliability is None
+            else {k: r.to_dict() for k, r in self.latency_reliability.items()},
+        }
 
-    def with_latency(self, latency_ms: Mapping[str, float]) -> ModelMetrics:
-        return dataclasses.replace(self, latency_ms=MappingProxyType(dict(latency_ms)))
+    @property
+    def latency_reliable(self) -> bool | None:
+        """Whether every latency figure passed the reliability checks (None: not timed)."""
+        if self.latency_reliability is None:
+            return None
+        return all(r.reliable for r in self.latency_reliability.values())
+
+    def with_latency(self, latency: LatencyProfile) -> ModelMetrics:
+        return dataclasses.replace(
+            self,
+            latency_ms=MappingProxyType(dict(latency.figures)),
+            latency_reliability=MappingProxyType(dict(latency.reliability)),
+        )
 
 
 @dataclass(frozen=True)
@@ -310,7 +342,7 @@ def time_fp32(
     ``measure.latency_profile`` (background timing that yields between calls)."""
     if baseline.timed:
         return baseline
-    lat = latency_profile(
+    lat = measure_latency(
         fp32_runner(model),
         None,
         baseline.input_size,
@@ -363,6 +395,22 @@ class RunResult:
     @property
     def timed(self) -> bool:
         return self.fp32.latency_ms is not None and self.int8.latency_ms is not None
+
+    @cached_property
+    def uncertainty(self) -> PairSummary:
+        """Bootstrap 95% intervals of both accuracies, the drop and the agreement over the
+        evaluation images, and the exact McNemar test of the flips (aslquant.stats)."""
+        ev = self.evaluation
+        return pair_summary(ev.labels, ev.fp32.top1, ev.quant.top1)
+
+    def per_class_drops(self) -> list[ClassDrop]:
+        """Per-class drop with its interval; a class is flagged only when it excludes zero."""
+        ev = self.evaluation
+        return per_class_drops(ev.labels, ev.fp32.top1, ev.quant.top1, list(self.class_names))
+
+    def drop_gate(self, threshold_points: float, seeds: SeedSpread | None = None) -> GateVerdict:
+        """``--fail-if-drop``: the drop against a threshold, beyond or within its uncertainty."""
+        return gate_verdict(self.uncertainty.drop, threshold_points, seeds)
 
     @property
     def calibration(self) -> torch.Tensor:
@@ -454,7 +502,7 @@ def time_run(result: RunResult, progress: Progress | None = None) -> RunResult:
         raise ValueError("time_run needs a result made by execute (it carries its FP32 baseline)")
     baseline = time_fp32(result.baseline, result.fp32_model)
     _stage(progress, "timing", 0.5)
-    int8_lat = latency_profile(
+    int8_lat = measure_latency(
         result.quantized.module,
         result.quantized.backend,
         pp.input_size,

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402

@@ -12,10 +12,6 @@ channels-last. The README's profile figures come from this script.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 from torch.profiler import profile  # noqa: E402

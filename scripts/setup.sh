@@ -11,5 +11,8 @@ fi
 stamp=".venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-$(basename "$want")"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$want"
+  # The package itself, editable: bench/ scripts and tests import it without sys.path edits.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    --no-build-isolation -e .
   touch "$stamp"
 fi

@@ -69,17 +69,39 @@ def test_demo_report_contract(demo_report):
     assert "calibrating" in stderr and "evaluating" in stderr  # progress on stderr
 
 
-def test_fail_if_drop_gate(tmp_path, capsys):
-    args = ["report", "--eval-images", "58", "--calib-images", "16", "--latency-runs", "30"]
-    code = main([*args, "--out", str(tmp_path / "a"), "--fail-if-drop", "100"])
-    assert code == 0
+@pytest.fixture(scope="module")
+def planted_checkpoint(tmp_path_factory) -> Path:
+    """The demo model with conv2's channel 3 made 50x larger (and conv3 compensating): the
+    same function in FP32, but per-tensor INT8 weights and activations collapse."""
+    from aslquant.equalize import rescale_channel
+    from aslquant.model import load_checkpoint
+    from aslquant.run import DEMO_CHECKPOINT
+
+    model = rescale_channel(load_checkpoint(DEMO_CHECKPOINT), "conv2", 3, 50.0)
+    path = tmp_path_factory.mktemp("planted") / "planted.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_fail_if_drop_gate_says_beyond_or_within_the_uncertainty(
+    planted_checkpoint, tmp_path, capsys
+):
+    args = ["report", "--checkpoint", str(planted_checkpoint), "--eval-images", "116",
+            "--calib-images", "16", "--weight-observer", "minmax", "--input-size", "128"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a"), "--fail-if-drop", "100"]) == 0
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    assert report["n_eval"] == 58 and report["n_calib"] == 16
-    # A gate below the measured drop must fail with exit 3.
-    gate = report["accuracy_drop_points"] - 0.5
-    code = main([*args, "--out", str(tmp_path / "b"), "--fail-if-drop", str(gate)])
-    assert code == 3
-    assert "more than --fail-if-drop" in capsys.readouterr().err
+    drop = report["uncertainty"]["drop"]
+    assert drop["low"] > 2  # the planted channel really hurts
+    assert report["gates"][0]["outcome"] == "pass"
+    capsys.readouterr()
+    # A gate far below the whole interval fails beyond the uncertainty.
+    assert main([*args, "--out", str(tmp_path / "b"), "--fail-if-drop", "1"]) == 3
+    assert "fail beyond uncertainty" in capsys.readouterr().err
+    # Just below the estimate, inside the interval: it fails, and says the call is uncertain.
+    within = (drop["estimate"] + drop["low"]) / 2
+    assert main([*args, "--out", str(tmp_path / "c"), "--fail-if-drop", f"{within:.3f}"]) == 3
+    assert "fail within uncertainty" in capsys.readouterr().err
 
 
 def _plain_pytorch_accuracy(

@@ -71,6 +71,15 @@ def analyses(result, args: argparse.Namespace, progress, notes: list[str]) -> di
     return sections
 
 
+def gates(result, args: argparse.Namespace) -> list[dict]:
+    """The verdict of every gate asked for, each with its evidence (report.json ``gates``)."""
+    verdicts = []
+    if args.fail_if_drop is not None:
+        verdict = result.drop_gate(args.fail_if_drop)
+        verdicts.append({"name": "--fail-if-drop", **verdict.to_dict()})
+    return verdicts
+
+
 def _summary(report: dict) -> str:
     f, q = report["fp32"], report["int8"]
     return (
@@ -95,17 +104,20 @@ def run(args: argparse.Namespace) -> int:
     result = execute(config, progress=bar)
     notes: list[str] = []
     sections = analyses(result, args, bar, notes)
+    sections["gates"] = gates(result, args)
     report = report_mod.report_dict(result, sections, notes=notes)
     files = report_mod.write_run_reports(report, args.out)
     print(_summary(report))
     print("wrote " + ", ".join(str(p) for p in files.values()))
     if result.skipped:
         print(f"note: {len(result.skipped)} files skipped (see report.md)", file=sys.stderr)
-    if args.fail_if_drop is not None and result.accuracy_drop_points > args.fail_if_drop:
-        print(
-            f"top-1 dropped {result.accuracy_drop_points:.2f} points, more than "
-            f"--fail-if-drop {args.fail_if_drop}",
-            file=sys.stderr,
-        )
-        return EXIT_GATE
-    return EXIT_OK
+    return _gates(report, args)
+
+
+def _gates(report: dict, args: argparse.Namespace) -> int:
+    """Print every gate's verdict with its evidence; exit 3 when one fails."""
+    failed = False
+    for gate in report.get("gates", []):
+        print(f"gate {gate['name']}: {gate['reason']}", file=sys.stderr)
+        failed |= gate["failed"]
+    return EXIT_GATE if failed else EXIT_OK
