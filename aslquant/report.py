@@ -261,3 +261,75 @@ def write_sweep_reports(report: dict, out: str | Path) -> dict[str, Path]:
             path / "report.html", sweep_html(report["sweep"], report["command"])
         ),
     }
+
+
+def doctor_report(result) -> dict:
+    """The report.json content of ``python -m aslquant doctor`` (aslquant.doctor.DoctorReport)."""
+    return _clean(
+        {
+            "aslquant_version": __version__,
+            "config": result.config.to_dict(),
+            "command": result.config.cli_command("doctor"),
+            "doctor": result.to_dict(),
+        }
+    )
+
+
+def doctor_markdown(report: dict) -> str:
+    """report.md of the doctor: ranked findings, remedies with their seed spread, prescription."""
+    d = report["doctor"]
+    lines = [
+        "# aslquant doctor",
+        "",
+        f"{d['n_selection']} selection and {d['n_held_out']} held-out images, {d['seeds']} "
+        f"calibration seeds, {d['seconds']:.0f} s. Reproduce with:",
+        "",
+        f"    {report['command']}",
+        "",
+        "## Findings, ranked",
+        "",
+        "| rank | finding | impact (points) | best remedy | recovery (points) | seed spread |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in d["ranked"]:
+        best = row["remedies"][0] if row["remedies"] else None
+        spread = best["trial"]["seed_spread"] if best else None
+        lines.append(
+            f"| {row['rank']} | {_md(row['finding']['title'])} | {row['impact_points']:.2f} | "
+            f"{_md(best['remedy']['name']) if best else '-'} | "
+            f"{best['recovery_points']:.2f} | "
+            + (f"{spread['min']:.2f}..{spread['max']:.2f}" if spread else "-")
+            + " |"
+        )
+    p = d.get("prescription")
+    if p:
+        lines += [
+            "",
+            "## Prescription",
+            "",
+            f"Target: drop <= {p['target_drop']:.2f} points: "
+            f"**{'reached' if p['reached'] else 'not reached'}** with {_md(p['describe'])}.",
+            "",
+            p["note"] + ".",
+            "",
+            "Replay:",
+            "",
+            f"    {p['command']}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown table cell: HTML and table syntax escaped."""
+    import html
+
+    return html.escape(str(text)).replace("|", "\\|")
+
+
+def write_doctor_reports(report: dict, out: str | Path) -> dict[str, Path]:
+    """Write the doctor's report.json and report.md into ``out``."""
+    path = prepare_out_dir(out)
+    return {
+        "json": write_text_atomic(path / "report.json", json.dumps(report, indent=2)),
+        "md": write_text_atomic(path / "report.md", doctor_markdown(report)),
+    }

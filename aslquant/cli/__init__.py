@@ -55,9 +55,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _commands() -> list:
     """The command modules, in the order ``--help`` lists them."""
-    from aslquant.cli import export, report, sweep, tools
+    from aslquant.cli import doctor, export, report, sweep, tools
 
-    return [report, sweep, export, *tools.COMMANDS]
+    return [report, sweep, doctor, export, *tools.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
