@@ -169,9 +169,10 @@ def _live_numbers(processor: live.LiveProcessor, playing: bool) -> None:
                 help="Frames both models ran on since START (or since the models changed).")  # fmt: skip
     c[1].metric("Frames per second", f"{stats.fps:.1f}",
                 help=f"Processed frames per second over the last {stats.window_seconds:.0f} s.")  # fmt: skip
-    c[2].metric("Frames dropped", stats.dropped,
-                help=f"Of {stats.received} received: frames replaced by a newer one while the "
-                "models were busy (only the newest frame is worth predicting).")  # fmt: skip
+    c[2].metric("Frames dropped", stats.dropped, delta=f"of {stats.received} received",
+                delta_color="off", delta_arrow="off",
+                help="Frames replaced by a newer one while the models were busy: only the "
+                "newest frame is worth predicting.")  # fmt: skip
     c = st.columns(3)
     c[0].metric("End-to-end ms (p50 / p95)", _ms(stats.e2e_ms),
                 help="From the frame's arrival at the server (decoded) to both predictions "
