@@ -164,6 +164,7 @@ class LiveStats:
     int8_ms: tuple[float, float]
     preprocess_ms: tuple[float, float]
     wait_ms: tuple[float, float]  # queued + engine lock, the part of e2e spent not computing
+    engine_wait_ms: tuple[float, float]  # the engine lock alone: other work holding it
     fp32: list[tuple[str, float]]
     int8: list[tuple[str, float]]
     sequence: int  # the frame the top-3 lists belong to
@@ -274,6 +275,7 @@ class LiveProcessor:
             int8_ms=_p50_p95([r.int8_ms for r in records]),
             preprocess_ms=_p50_p95([r.preprocess_ms for r in records]),
             wait_ms=_p50_p95([r.queued_ms + r.engine_wait_ms for r in records]),
+            engine_wait_ms=_p50_p95([r.engine_wait_ms for r in records]),
             fp32=list(latest.fp32) if latest else [],
             int8=list(latest.int8) if latest else [],
             sequence=sequence,

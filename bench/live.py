@@ -119,6 +119,27 @@ def wait_background_timing(page, timeout_s: float) -> bool:
     return True
 
 
+def preview_of(page, timeout_s: float = 30) -> dict | None:
+    """The local camera preview beside the numbers: its video size and the drawn square."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            with contextlib.suppress(Exception):  # frames come and go while the page reruns
+                if frame.query_selector("#sq") is None:
+                    continue
+                seen = frame.evaluate(
+                    """() => { const v = document.getElementById("v");
+                               const sq = document.getElementById("sq");
+                               return {width: v.videoWidth, height: v.videoHeight,
+                                       ready: v.readyState, square: sq.style.display === "block"
+                                       ? sq.offsetWidth : 0}; }"""
+                )
+                if seen["ready"] >= 2 and seen["width"] > 0 and seen["square"] > 0:
+                    return seen
+        page.wait_for_timeout(500)
+    return None
+
+
 def stream(page, seconds: float, warmup: float) -> dict:
     """START the live view, stream, sample the top-3 lines; the page's figures at the end."""
     page.get_by_role("tab", name="Live webcam").click()
@@ -126,6 +147,7 @@ def stream(page, seconds: float, warmup: float) -> dict:
     frame.get_by_role("button", name=re.compile("start", re.I)).click()
     page.locator('[data-testid="stMetric"]', has_text="Frames processed").wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"^Quantized:")).first.wait_for(timeout=120_000)
+    preview = preview_of(page)
     page.wait_for_timeout(int(warmup * 1000))
     samples: dict[str, list[str]] = {"FP32": [], "Quantized": []}
     end = time.monotonic() + seconds
@@ -148,6 +170,7 @@ def stream(page, seconds: float, warmup: float) -> dict:
             for name, seen in samples.items()
         },
         "samples": {name: len(seen) for name, seen in samples.items()},
+        "preview": preview,
     }
     frame.get_by_role("button", name=re.compile("stop", re.I)).click()
     return out
@@ -279,6 +302,9 @@ def main() -> int:
           f"streaming: {'yes' if settled else 'no (still running while streaming)'}")  # fmt: skip
     print(f"streamed {args.seconds:.0f} s after {args.warmup:.0f} s of warm-up; "
           f"the page says: {m['caption']}")  # fmt: skip
+    p = m["preview"]
+    print("local preview: " + (f"{p['width']}x{p['height']} playing, square {p['square']} px"
+                               if p else "NOT playing"))  # fmt: skip
     print_table(m, "live webcam (Chromium fake camera)")
     return 0
 

@@ -8,7 +8,6 @@ import logging
 
 import plotly.graph_objects as go
 import streamlit as st
-import streamlit.components.v1 as components
 
 from aslquant import live
 from aslquant.data import open_image
@@ -33,6 +32,8 @@ _PAIRS = "aslquant_model_pairs"
 #: How often the live numbers on the page refresh while streaming.
 REFRESH_SECONDS = 0.5
 _PREVIEW_HEIGHT = 300
+#: Above this p95 wait for the engine lock, the live view says what it is waiting for.
+ENGINE_WAIT_NOTE_MS = 50.0
 _CONFIDENCE_NOTE = (
     f"Confidence is the model's own top-1 probability. It is called a guess below "
     f"{100 * GUESS_BELOW:.0f}%, or when the runner-up is within {100 * GUESS_MARGIN:.0f} points; "
@@ -126,7 +127,7 @@ def _preview(constraints: dict) -> None:
   <div id="sq" style="position:absolute;display:none;box-sizing:border-box;
        border:3px solid rgb(40,220,90);pointer-events:none"></div>
 </div>
-<div id="msg" style="font:12px sans-serif;color:#888">Local preview; the green square is what
+<div id="msg" style="font:12px sans-serif;color:#888">Local preview: the green square is what
 the models see.</div>
 <script>
 const v = document.getElementById("v"), sq = document.getElementById("sq");
@@ -145,7 +146,7 @@ navigator.mediaDevices.getUserMedia({json.dumps(constraints)})
   .catch(err => {{ document.getElementById("msg").textContent =
                    "No local preview (" + err.name + "); the models still see the stream."; }});
 </script>"""
-    components.html(html, height=_PREVIEW_HEIGHT)
+    st.iframe(html, height=_PREVIEW_HEIGHT)
 
 
 def _ms(pair: tuple[float, float]) -> str:
@@ -164,6 +165,13 @@ def _live_numbers(processor: live.LiveProcessor, playing: bool) -> None:
         return
     if stats.error:
         st.warning(f"Last frame failed: {stats.error}")
+    if stats.engine_wait_ms[1] > ENGINE_WAIT_NOTE_MS:
+        st.info(
+            f"Frames waited up to {stats.engine_wait_ms[1]:.0f} ms (p95) for the engine: a "
+            "quantization run or the background FP32 / ONNX Runtime timing (of any session) "
+            "holds it, and measurements go first. The live view speeds up when they finish.",
+            icon=":material/hourglass_top:",
+        )
     c = st.columns(3)
     c[0].metric("Frames processed", stats.processed,
                 help="Frames both models ran on since START (or since the models changed).")  # fmt: skip

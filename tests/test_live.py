@@ -157,6 +157,7 @@ def test_end_to_end_latency_counts_from_the_frame_arrival(pairs) -> None:
         # The wait for the engine counts: the frame was ready hold_s before the models ran.
         assert e2e >= hold_s * 1e3
         assert stats.wait_ms[0] >= hold_s * 1e3 * 0.9
+        assert stats.engine_wait_ms[0] >= hold_s * 1e3 * 0.5  # most of it was the lock
         assert model_ms < e2e - hold_s * 1e3 + 1  # model time alone would not explain it
     finally:
         proc.close()

@@ -43,3 +43,7 @@ def test_live_webcam_processes_frames_and_updates_both_top3(page) -> None:
     # Both models' top-3 kept changing while the fake camera's picture moved.
     assert all(n > 0 for n in figures["changes"].values()), figures["changes"]
     assert "frames arrive at" in figures["caption"]
+    # The browser shows its own camera view, with the models' centre square drawn over it.
+    preview = figures["preview"]
+    assert preview is not None, "the local preview never played"
+    assert preview["square"] > 0 and preview["width"] > 0
