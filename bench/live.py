@@ -42,14 +42,16 @@ RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'
 
 
 @contextlib.contextmanager
-def streamlit_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
+def streamlit_server(
+    env: dict[str, str], log_path: Path, options: tuple[str, ...] = ()
+) -> Iterator[str]:
     """`streamlit run app.py` on a free port (as tests/browser/conftest.py starts it)."""
     port = _free_port()
     cmd = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.port", str(port), "--server.address", "127.0.0.1",
         "--server.headless", "true", "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
+        "--browser.gatherUsageStats", "false", *options,
     ]  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -266,6 +268,11 @@ def main() -> int:
     parser.add_argument(
         "--fps", type=float, default=20.0, help="--engine-only frame rate (the fake camera's: 20)"
     )
+    parser.add_argument(
+        "--post-script-gc",
+        action="store_true",
+        help="Streamlit's gc.collect(2) after every script run back on (.streamlit has it off)",
+    )
     args = parser.parse_args()
     load = os.getloadavg()
     if args.engine_only:
@@ -282,7 +289,8 @@ def main() -> int:
     env["ASLQUANT_CACHE_DIR"] = str(workdir / "cache")
     if args.threads is not None:
         env[THREADS_ENV] = str(args.threads)
-    with streamlit_server(env, workdir / "server.log") as url, sync_playwright() as pw:
+    options = ("--runner.postScriptGC", "true") if args.post_script_gc else ()
+    with streamlit_server(env, workdir / "server.log", options) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1440, "height": 1000})
@@ -300,6 +308,8 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} when the bench started")
     print(f"default recipe quantized in {quantize_s:.1f} s; background timing finished before "
           f"streaming: {'yes' if settled else 'no (still running while streaming)'}")  # fmt: skip
+    gc_note = "on (--post-script-gc)" if args.post_script_gc else "off"
+    print(f"Streamlit's full GC after every script run: {gc_note}")
     print(f"streamed {args.seconds:.0f} s after {args.warmup:.0f} s of warm-up; "
           f"the page says: {m['caption']}")  # fmt: skip
     p = m["preview"]
