@@ -212,10 +212,13 @@ def _live_tab(pair: ModelPair) -> None:
     size = pair.preprocess.input_size
     engine = pair.quantized.backend or "no quantized engine (float)"
     threads = "1 intra-op thread" if processor.threads == 1 else f"{processor.threads} threads"
+    constraints = live.media_constraints(size)
+    asked = constraints["video"]
     st.caption(
-        "Press START and allow the camera. The browser sends the camera to the server and "
-        "nothing comes back: the preview is your browser's own view, with the centre square "
-        "the models see drawn over it. WebRTC stays on this machine (no STUN/TURN servers)."
+        f"Press START and allow the camera. The browser sends the camera to the server at about "
+        f"{asked['width']['ideal']}x{asked['height']['ideal']} (enough for the {size}-pixel "
+        "square) and nothing comes back: the preview is your browser's own view, with the centre "
+        "square the models see drawn over it. WebRTC stays on this machine (no STUN/TURN servers)."
     )
     st.caption(
         f"How frames are processed: only the newest frame counts. A frame that arrives while the "
@@ -225,7 +228,6 @@ def _live_tab(pair: ModelPair) -> None:
         f"engine), holding the server's engine lock only for those two calls. On a 2-core "
         f"machine that leaves a core for the browser and the video decoder."
     )
-    constraints = live.media_constraints(size)
     try:
         from streamlit_webrtc import WebRtcMode, create_video_sink_track, webrtc_streamer
 
