@@ -17,9 +17,9 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from aslquant.data import open_image  # noqa: E402
+from aslquant.live import LiveProcessor  # noqa: E402
+from aslquant.predict import ModelPair  # noqa: E402
 from aslquant.run import DEMO_DATA, RunConfig, execute  # noqa: E402
-from aslquant.ui.live import LiveProcessor  # noqa: E402
-from aslquant.ui.predict import ModelPair  # noqa: E402
 
 BUDGET_MB = 50.0
 MAX_RUNS = 10  # the dashboard's run history bound (aslquant.ui.state.MAX_RUNS)
@@ -58,6 +58,13 @@ def webcam_frames(n: int) -> list[np.ndarray]:
     return frames
 
 
+def send_frame(live: LiveProcessor, frame: np.ndarray) -> None:
+    """One frame through the live worker, waiting for it (so every frame is processed)."""
+    live.on_frame(frame)
+    if not live.drain(timeout=120):
+        raise RuntimeError("the live worker did not finish a frame in 120 s")
+
+
 def measure(frames: int, runs: int, eval_images: int) -> dict[str, float]:
     history: list = []
     live = LiveProcessor()
@@ -75,13 +82,14 @@ def measure(frames: int, runs: int, eval_images: int) -> dict[str, float]:
     # Warm-up: one run (allocator pools, kernels, caches) and a few frames through the models.
     run(0)
     for k in range(20):
-        live.process_array(frame_data[k % len(frame_data)])
+        send_frame(live, frame_data[k % len(frame_data)])
     before = rss_mb()
     for i in range(1, runs + 1):
         run(i)
         for k in range(frames // runs):
-            live.process_array(frame_data[k % len(frame_data)])
+            send_frame(live, frame_data[k % len(frame_data)])
     stats = live.snapshot()
+    live.close()
     after = rss_mb()
     return {
         "rss_before_mb": before,

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import json
 import logging
 
 import plotly.graph_objects as go
 import streamlit as st
 
+from aslquant import live
 from aslquant.data import open_image
-from aslquant.ui import live, session, widgets
-from aslquant.ui.predict import ModelPair, PairPrediction, predict_pair
+from aslquant.predict import (
+    GUESS_BELOW,
+    GUESS_MARGIN,
+    ModelPair,
+    PairPrediction,
+    guess_reason,
+    predict_pair,
+    provenance,
+)
+from aslquant.ui import session, widgets
 
 st.title("Predict")
 st.caption(
@@ -20,22 +29,25 @@ st.caption(
 
 _PROCESSOR = "aslquant_live_processor"
 _PAIRS = "aslquant_model_pairs"
+#: How often the live numbers on the page refresh while streaming.
+REFRESH_SECONDS = 0.5
+_PREVIEW_HEIGHT = 300
+#: Above this p95 wait for the engine lock, the live view says what it is waiting for.
+ENGINE_WAIT_NOTE_MS = 50.0
+_CONFIDENCE_NOTE = (
+    f"Confidence is the model's own top-1 probability. It is called a guess below "
+    f"{100 * GUESS_BELOW:.0f}%, or when the runner-up is within {100 * GUESS_MARGIN:.0f} points; "
+    "a model shown images unlike its training data can also be confidently wrong."
+)
 
 
-def _pair(entry: session.RunEntry, live_frames: bool = False) -> ModelPair:
+def _pair(entry: session.RunEntry) -> ModelPair:
     # One ModelPair object per run and session, so the live processor sees a stable identity.
-    # Live frames run single-threaded: the browser, video coding and the server share the
-    # cores, and a multi-threaded OpenMP team slows down badly when it cannot own them.
     pairs = st.session_state.setdefault(_PAIRS, {})
     if entry.key not in pairs:
         pairs.clear()
-        pairs[entry.key] = {
-            False: ModelPair.from_result(entry.result, label=entry.label),
-            True: dataclasses.replace(
-                ModelPair.from_result(entry.result, label=entry.label), threads=1
-            ),
-        }
-    return pairs[entry.key][live_frames]
+        pairs[entry.key] = ModelPair.from_result(entry.result, label=entry.label)
+    return pairs[entry.key]
 
 
 def _top3_figure(rows: list[tuple[str, float]], title: str) -> go.Figure:
@@ -60,6 +72,16 @@ def _top3_figure(rows: list[tuple[str, float]], title: str) -> go.Figure:
     return fig
 
 
+def _verdict(col, label: str, name: str, rows: list[tuple[str, float]], note: str) -> None:
+    """The model's answer with its confidence as the headline, and a warning when it guesses."""
+    best, p = rows[0]
+    reason = guess_reason(rows)
+    col.metric(label, best, delta=f"{100 * p:.1f}% confident · {note}",
+               delta_color="off", delta_arrow="off", border=True)  # fmt: skip
+    if reason:
+        col.warning(f"{name} is guessing: {reason}.", icon=":material/help:")
+
+
 def _show(prediction: PairPrediction, key: str) -> None:
     left, right = st.columns(2)
     for col, name, rows, ms in (
@@ -67,13 +89,11 @@ def _show(prediction: PairPrediction, key: str) -> None:
         (right, "Quantized", prediction.int8, prediction.int8_ms),
     ):
         with col:
-            best, p = rows[0]
-            st.metric(f"{name} prediction", best, delta=f"{100 * p:.1f}% · {ms:.2f} ms",
-                      delta_color="off", delta_arrow="off", border=True)  # fmt: skip
+            _verdict(col, f"{name} prediction", name, rows, f"{ms:.2f} ms")
             widgets.plot(_top3_figure(rows, f"{name} top-3"), key=f"{key}_{name}")
     st.caption(
         ("Both models agree. " if prediction.agree else "The models disagree on this image. ")
-        + f"Latency: {prediction.timing}."
+        + f"Latency: {prediction.timing}. {_CONFIDENCE_NOTE}"
     )
 
 
@@ -93,11 +113,163 @@ def _predict_bytes(data: bytes, name: str, pair: ModelPair, run_key: str, key: s
         _show(_predict_cached(run_key, digest, pair, image), key)
 
 
+def _preview(constraints: dict) -> None:
+    """The browser's own camera view with the model's square drawn over it (no round trip).
+
+    The server receives the stream and sends nothing back, so this preview never waits for
+    the models and no frame is encoded twice; the square is CSS, not pixels.
+    """
+    html = f"""
+<div style="position:relative;display:inline-block;max-width:100%">
+  <video id="v" autoplay muted playsinline
+         style="display:block;max-width:100%;max-height:{_PREVIEW_HEIGHT - 24}px;background:#111">
+  </video>
+  <div id="sq" style="position:absolute;display:none;box-sizing:border-box;
+       border:3px solid rgb(40,220,90);pointer-events:none"></div>
+</div>
+<div id="msg" style="font:12px sans-serif;color:#888">Local preview: the green square is what
+the models see.</div>
+<script>
+const v = document.getElementById("v"), sq = document.getElementById("sq");
+function place() {{
+  const w = v.clientWidth, h = v.clientHeight;
+  if (!w || !h) return;
+  const s = Math.min(w, h);
+  Object.assign(sq.style, {{width: s + "px", height: s + "px", left: (w - s) / 2 + "px",
+                            top: (h - s) / 2 + "px", display: "block"}});
+}}
+v.addEventListener("loadedmetadata", place);
+v.addEventListener("resize", place);
+new ResizeObserver(place).observe(v);
+navigator.mediaDevices.getUserMedia({json.dumps(constraints)})
+  .then(stream => {{ v.srcObject = stream; }})
+  .catch(err => {{ document.getElementById("msg").textContent =
+                   "No local preview (" + err.name + "); the models still see the stream."; }});
+</script>"""
+    st.iframe(html, height=_PREVIEW_HEIGHT)
+
+
+def _ms(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.1f} / {pair[1]:.1f}"
+
+
+def _live_numbers(processor: live.LiveProcessor, playing: bool) -> None:
+    stats = processor.snapshot()
+    if stats is None:
+        st.info(
+            "Waiting for frames. If nothing arrives after START, WebRTC cannot "
+            "connect in this browser: use the Camera snapshot tab instead."
+            if playing
+            else "Not streaming. Press START to send the camera to the models."
+        )
+        return
+    if stats.error:
+        st.warning(f"Last frame failed: {stats.error}")
+    if stats.engine_wait_ms[1] > ENGINE_WAIT_NOTE_MS:
+        st.info(
+            f"Frames waited up to {stats.engine_wait_ms[1]:.0f} ms (p95) for the engine: a "
+            "quantization run or the background FP32 / ONNX Runtime timing (of any session) "
+            "holds it, and measurements go first. The live view speeds up when they finish.",
+            icon=":material/hourglass_top:",
+        )
+    c = st.columns(3)
+    c[0].metric("Frames processed", stats.processed,
+                help="Frames both models ran on since START (or since the models changed).")  # fmt: skip
+    c[1].metric("Frames per second", f"{stats.fps:.1f}",
+                help=f"Processed frames per second over the last {stats.window_seconds:.0f} s.")  # fmt: skip
+    c[2].metric("Frames dropped", stats.dropped, delta=f"of {stats.received} received",
+                delta_color="off", delta_arrow="off",
+                help="Frames replaced by a newer one while the models were busy: only the "
+                "newest frame is worth predicting.")  # fmt: skip
+    c = st.columns(3)
+    c[0].metric("End-to-end ms (p50 / p95)", _ms(stats.e2e_ms),
+                help="From the frame's arrival at the server (decoded) to both predictions "
+                "ready: waiting, crop and resize, FP32 and quantized.")  # fmt: skip
+    c[1].metric("FP32 ms/frame (p50 / p95)", _ms(stats.fp32_ms))
+    c[2].metric("Quantized ms/frame (p50 / p95)", _ms(stats.int8_ms))
+    if stats.fp32:
+        left, right = st.columns(2)
+        for col, name, rows in ((left, "FP32", stats.fp32), (right, "Quantized", stats.int8)):
+            _verdict(col, f"{name}, live", name, rows, f"frame {stats.sequence}")
+            col.markdown(
+                f"{name}: " + " · ".join(f"{n} {100 * p:.1f}%" for n, p in rows),
+                help="top-3 on the latest processed frame",
+            )
+    size = f"{stats.frame_size[0]}x{stats.frame_size[1]}" if stats.frame_size else "unknown"
+    st.caption(
+        f"Rates and percentiles over the last {stats.window_frames} processed frames "
+        f"({stats.window_seconds:.0f} s window); frames arrive at {size}. Waiting (mailbox + "
+        f"engine lock) {_ms(stats.wait_ms)} ms, crop and resize {_ms(stats.preprocess_ms)} ms "
+        f"(p50 / p95). Models: {stats.label}. This refreshes every {REFRESH_SECONDS} s."
+    )
+
+
+def _live_tab(pair: ModelPair) -> None:
+    processor = st.session_state.get(_PROCESSOR)
+    if processor is None:
+        processor = st.session_state[_PROCESSOR] = live.LiveProcessor()
+    processor.set_models(pair)
+    size = pair.preprocess.input_size
+    engine = pair.quantized.backend or "no quantized engine (float)"
+    threads = "1 intra-op thread" if processor.threads == 1 else f"{processor.threads} threads"
+    constraints = live.media_constraints(size)
+    asked = constraints["video"]
+    st.caption(
+        f"Press START and allow the camera. The browser sends the camera to the server at about "
+        f"{asked['width']['ideal']}x{asked['height']['ideal']} (enough for the {size}-pixel "
+        "square) and nothing comes back: the preview is your browser's own view, with the centre "
+        "square the models see drawn over it. WebRTC stays on this machine (no STUN/TURN servers)."
+    )
+    st.caption(
+        f"How frames are processed: only the newest frame counts. A frame that arrives while the "
+        f"models are busy replaces the waiting one and is counted as dropped. One worker thread "
+        f"for this browser tab crops the centre square, resizes it once to {size}x{size}, then "
+        f"runs FP32 and the quantized model one after the other with {threads} ({engine} "
+        f"engine), holding the server's engine lock only for those two calls. On a 2-core "
+        f"machine that leaves a core for the browser and the video decoder."
+    )
+    try:
+        from streamlit_webrtc import WebRtcMode, create_video_sink_track, webrtc_streamer
+
+        # A sink consumes the decoded frames and sends nothing back (SENDONLY): no video is
+        # encoded on the server. Its callback only hands the frame to the processor's mailbox.
+        sink = create_video_sink_track(
+            processor.on_frame, key="aslquant_live_sink", on_ended=processor.stream_ended
+        )
+        ctx = webrtc_streamer(
+            key="live",
+            mode=WebRtcMode.SENDONLY,
+            rtc_configuration=live.RTC_CONFIGURATION,
+            media_stream_constraints=constraints,
+            sink_video_track=sink,
+        )
+        playing = bool(ctx.state.playing)
+    except Exception:  # the component cannot start here: snapshots still work
+        logging.getLogger("aslquant.ui").exception("streamlit-webrtc unavailable")
+        st.warning("Live video is unavailable here; use the Camera snapshot tab.")
+        return
+
+    view, numbers = st.columns([2, 3])
+    with view:
+        if playing:
+            _preview(constraints)
+
+    @st.fragment(run_every=REFRESH_SECONDS if playing else None)
+    def _refresh() -> None:
+        with widgets.guard("the live view"):
+            _live_numbers(processor, playing)
+
+    with numbers:
+        _refresh()
+    st.caption(_CONFIDENCE_NOTE)
+
+
 with widgets.guard("the Predict page"):
     entry = widgets.require_run()
     if entry is not None:
         entry = widgets.run_picker(st, "Which run's models", key="predict_run")
         pair = _pair(entry)
+        st.info(provenance(pair.checkpoint), icon=":material/school:")
         upload_tab, camera_tab, live_tab = st.tabs(
             ["Upload an image", "Camera snapshot", "Live webcam"]
         )
@@ -119,65 +291,4 @@ with widgets.guard("the Predict page"):
                     _predict_bytes(shot.getvalue(), "snapshot", pair, entry.key, "camera")
 
         with live_tab:
-            st.caption(
-                "Press START and allow the camera. Both models run on the centre square of every "
-                "frame (outlined in green). WebRTC stays on this machine: no STUN/TURN servers."
-            )
-            processor = st.session_state.get(_PROCESSOR)
-            if processor is None:
-                processor = st.session_state[_PROCESSOR] = live.LiveProcessor()
-            processor.set_models(_pair(entry, live_frames=True))
-            try:
-                from streamlit_webrtc import WebRtcMode, webrtc_streamer
-
-                ctx = webrtc_streamer(
-                    key="live",
-                    mode=WebRtcMode.SENDRECV,
-                    rtc_configuration=live.RTC_CONFIGURATION,
-                    media_stream_constraints=live.MEDIA_CONSTRAINTS,
-                    video_frame_callback=processor.callback,
-                    async_processing=True,
-                )
-                playing = bool(ctx.state.playing)
-            except Exception:  # the component cannot start here: snapshots still work
-                logging.getLogger("aslquant.ui").exception("streamlit-webrtc unavailable")
-                st.warning("Live video is unavailable here; use the Camera snapshot tab.")
-                playing = False
-
-            @st.fragment(run_every=0.5 if playing else None)
-            def _live_stats() -> None:
-                with widgets.guard("the live view"):
-                    stats = processor.snapshot()
-                    if stats is None:
-                        st.info(
-                            "Waiting for frames. If nothing arrives after START, WebRTC cannot "
-                            "connect in this browser: use the Camera snapshot tab instead."
-                            if playing
-                            else "Not streaming."
-                        )
-                        return
-                    if stats.error:
-                        st.warning(f"Last frame failed: {stats.error}")
-                    c = st.columns(4)
-                    c[0].metric("Frames processed", stats.frames)
-                    c[1].metric("Frames per second", f"{stats.fps:.1f}")
-                    c[2].metric("FP32 ms/frame (p50 / p95)",
-                                f"{stats.fp32_ms_p50:.1f} / {stats.fp32_ms_p95:.1f}")  # fmt: skip
-                    c[3].metric("Quantized ms/frame (p50 / p95)",
-                                f"{stats.int8_ms_p50:.1f} / {stats.int8_ms_p95:.1f}")  # fmt: skip
-                    if stats.fp32:
-                        left, right = st.columns(2)
-                        for col, name, rows in (
-                            (left, "FP32", stats.fp32),
-                            (right, "Quantized", stats.int8),
-                        ):
-                            col.markdown(
-                                f"**{name}:** "
-                                + " · ".join(f"{n} {100 * p:.1f}%" for n, p in rows),
-                                help="top-3 on the latest frame",
-                            )
-                    st.caption(
-                        f"Latency over the last {stats.window} frames; models: {stats.label}."
-                    )
-
-            _live_stats()
+            _live_tab(pair)

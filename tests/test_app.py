@@ -1,4 +1,4 @@
-"""Streamlit AppTest for every dashboard page, plus the pure predict/live helpers.
+"""Streamlit AppTest for every dashboard page (the live/predict engine: tests/test_live.py).
 
 The app runs in-process against the demo checkpoint and labels and a real subset of the demo
 images (4 per class), so a full default quantization finishes in well under a minute.
@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from aslquant.run import DEMO_DATA
@@ -226,64 +223,6 @@ def test_run_history_keeps_ten_most_recent(quantized_app: AppTest) -> None:
     at.run()
     assert not at.exception
     assert at.text[0].value == "10 k2 2"
-
-
-# --- pure helpers: predict.py and live.py -----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pair(quantized_app: AppTest):
-    from aslquant.ui.predict import ModelPair
-
-    return ModelPair.from_result(_current(quantized_app).result, label="test")
-
-
-def _demo_image(cls: str = "B") -> Path:
-    return sorted((Path(DEMO_DATA) / cls).glob("*.jpg"))[0]
-
-
-@pytest.mark.slow
-def test_predict_pair_matches_the_models(pair) -> None:
-    import torch
-
-    from aslquant.ui.predict import predict_pair
-
-    image = Image.open(_demo_image()).convert("RGB")
-    pred = predict_pair(pair, image, timing_runs=30)
-    x = pair.preprocess.apply(image).unsqueeze(0)
-    with torch.inference_mode():
-        fp32 = torch.softmax(pair.fp32(x), 1)[0]
-    q = torch.softmax(pair.quantized(x), 1)[0]
-    assert pred.fp32[0] == (pair.class_names[int(fp32.argmax())], pytest.approx(float(fp32.max())))
-    assert pred.int8[0][0] == pair.class_names[int(q.argmax())]
-    assert len(pred.fp32) == len(pred.int8) == 3
-    assert pred.fp32_ms > 0 and pred.int8_ms > 0 and "median of 30" in pred.timing
-
-
-@pytest.mark.slow
-def test_live_processor_from_another_thread(pair) -> None:
-    from aslquant.ui.live import LiveProcessor
-
-    frame = np.asarray(Image.open(_demo_image("C")).convert("RGB").resize((320, 240)))
-    proc = LiveProcessor(window=10)
-    assert proc.snapshot() is None
-    proc.set_models(pair)
-    outs = []
-    worker = threading.Thread(
-        target=lambda: outs.extend(proc.process_array(frame) for _ in range(5))
-    )
-    worker.start()
-    worker.join(timeout=120)
-    stats = proc.snapshot()
-    assert stats.frames == 5 and stats.fps > 0 and stats.window == 5
-    assert len(stats.fp32) == len(stats.int8) == 3
-    assert stats.fp32_ms_p50 > 0 and stats.int8_ms_p95 >= stats.int8_ms_p50
-    # The frame comes back the same size with the model's square outlined in green.
-    assert outs[0].shape == frame.shape and not np.array_equal(outs[0], frame)
-    assert tuple(outs[0][0, 40]) == (40, 220, 90)
-    # New models restart the statistics.
-    proc.set_models(dataclasses.replace(pair, label="other"))
-    assert proc.snapshot() is None
 
 
 @pytest.mark.slow

@@ -1,0 +1,49 @@
+"""The live webcam in headless Chromium: frames reach both models and both top-3 lists update.
+
+Uses bench/live.py's own page driving (quantize, START, read the figures off the page), so
+the benchmark's reading of the page is tested too. Chromium's fake camera is the source.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.live import go, quantize_default, stream  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _no_error_on(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def test_live_webcam_processes_frames_and_updates_both_top3(page) -> None:
+    quantize_default(page)
+    go(page, "Predict")
+    _no_error_on(page)
+    # What the demo model was trained on is said before anything is predicted.
+    assert page.get_by_text(re.compile("trained on synthetic rendered hands")).first.is_visible()
+    page.get_by_role("tab", name="Live webcam").click()
+    assert page.get_by_text(re.compile("with 1 intra-op thread")).first.is_visible()
+    figures = stream(page, seconds=6, warmup=0)
+    _no_error_on(page)
+    assert figures["processed"] > 0 and figures["fps"] > 0
+    # Each frame's end-to-end time includes its FP32 call, so its percentiles do too.
+    assert figures["e2e"][0] >= figures["fp32"][0] > 0 and figures["int8"][0] > 0
+    # Both models' top-3 kept changing while the fake camera's picture moved.
+    assert all(n > 0 for n in figures["changes"].values()), figures["changes"]
+    assert "frames arrive at" in figures["caption"]
+    # The browser shows its own camera view, with the models' centre square drawn over it.
+    preview = figures["preview"]
+    assert preview is not None, "the local preview never played"
+    assert preview["square"] > 0 and preview["width"] > 0
