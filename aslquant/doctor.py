@@ -322,6 +322,7 @@ class Doctor:
         quantized: QuantizedModel | None = None,
         progress: Progress | None = None,
         inputs: LoadedInputs | None = None,
+        fp32: Fp32Baseline | None = None,
     ) -> None:
         if seeds < 3:
             raise InputError(f"the doctor needs at least 3 calibration seeds, got {seeds}")
@@ -353,7 +354,9 @@ class Doctor:
                 f"{len(self.pool)} images are outside the evaluation set"
             )
         _stage(progress, "doctor: FP32 reference", 0.0)
-        self.fp32: Fp32Baseline = evaluate_fp32(config, self.inputs, progress)
+        if fp32 is None or fp32.key != self.inputs.fp32_key:
+            fp32 = evaluate_fp32(config, self.inputs, progress)
+        self.fp32: Fp32Baseline = fp32
         self._labels = np.asarray(self.fp32.evaluation.labels)
         self._fp32_top1 = np.asarray(self.fp32.evaluation.predictions.top1)
         self._calibration: dict[tuple[int, int], torch.Tensor] = {}
@@ -757,10 +760,12 @@ def examine(
     quantized: QuantizedModel | None = None,
     diagnostics: Callable[[Doctor], Sequence[Mapping[str, Any]]] | None = None,
     progress: Progress | None = None,
+    fp32: Fp32Baseline | None = None,
 ) -> DoctorReport:
     """The whole doctor: checks, diagnosis, remedies tried and ranked, and (with a target) the
-    prescription measured on held-out images."""
-    doc = Doctor(config, seeds=seeds, quantized=quantized, progress=progress)
+    prescription measured on held-out images. ``fp32``: a run's FP32 baseline for the same
+    model and images (reused instead of evaluating FP32 again)."""
+    doc = Doctor(config, seeds=seeds, quantized=quantized, progress=progress, fp32=fp32)
     extra_rows = list(diagnostics(doc)) if diagnostics else []
     findings = doc.findings(extra_rows)
     checks = tuple(f.to_dict() for f in findings if f.key.startswith("setup:"))
