@@ -75,7 +75,8 @@ class UnsupportedCombination(InputError):
 
 
 class UnreadableFile(Exception):
-    """Why a path cannot be read as a user's file; ``reason`` reads after "<file>: "."""
+    """Why a path cannot be read as a user's file; ``reason`` reads after "<what> file "
+    ("not found", "is a directory, not a file", "is empty", "is 3221225472 bytes; ...")."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -99,7 +100,7 @@ def read_regular_file(
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise UnreadableFile("file not found") from None
+        raise UnreadableFile("not found") from None
     except IsADirectoryError:
         raise UnreadableFile("is a directory, not a file") from None
     except OSError as err:
@@ -117,7 +118,7 @@ def read_regular_file(
         with os.fdopen(fd, "rb", closefd=False) as fh:
             head = fh.read(HEAD_BYTES)
             if not head:
-                raise UnreadableFile("file is empty")
+                raise UnreadableFile("is empty")
             if check_head is not None:
                 check_head(head)
             rest = fh.read(max(0, max_bytes + 1 - len(head)))
@@ -149,5 +150,4 @@ def read_input_file(
     try:
         return read_regular_file(path, max_bytes, check_head)
     except UnreadableFile as err:
-        reason = err.reason.removeprefix("file ")
-        raise InputError(f"{label}: {what} file {reason}") from None
+        raise InputError(f"{label}: {what} file {err.reason}") from None

@@ -381,10 +381,10 @@ def test_zip_slip_refused_and_nothing_written(tmp_path: Path, member: str) -> No
 
 def test_zip_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     z = _evil_zip(tmp_path / "many.zip", [f"A/x{i}.jpg" for i in range(6)])
-    monkeypatch.setattr(data, "MAX_ZIP_FILES", 5)
-    with pytest.raises(InputError, match="8 files; the limit is 5"):
+    monkeypatch.setattr(data, "MAX_ZIP_MEMBERS", 5)
+    with pytest.raises(InputError, match="8 entries .files and folders.; the limit is 5"):
         load_image_set(z, ["A", "B"])
-    monkeypatch.setattr(data, "MAX_ZIP_FILES", 100)
+    monkeypatch.setattr(data, "MAX_ZIP_MEMBERS", 100)
     monkeypatch.setattr(data, "MAX_ZIP_BYTES", 100)
     with pytest.raises(InputError, match="the limit is 100 bytes"):
         load_image_set(z, ["A", "B"])
