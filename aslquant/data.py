@@ -30,6 +30,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import time
 import warnings
 import zipfile
 from collections import deque
@@ -718,7 +719,14 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def _cached_zips(zips: Path) -> list[tuple[float, int, Path]]:
+def _touch(manifest: Path) -> None:
+    """Mark a cache entry as used now, with the clock's full resolution (file timestamps set
+    implicitly come from a coarse kernel clock, so two entries could tie)."""
+    now = time.time_ns()
+    os.utime(manifest, ns=(now, now))
+
+
+def _cached_zips(zips: Path) -> list[tuple[int, int, Path]]:
     """(last use, bytes, folder) of every complete cache entry, least recently used first."""
     found = []
     try:
@@ -728,7 +736,7 @@ def _cached_zips(zips: Path) -> list[tuple[float, int, Path]]:
     for child in children:
         manifest = Path(child.path) / "manifest.json"
         try:
-            used = manifest.stat().st_mtime
+            used = manifest.stat().st_mtime_ns
         except OSError:
             continue  # an extraction in progress, or not ours
         try:
@@ -764,7 +772,7 @@ def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str
         try:
             meta = json.loads(manifest.read_text())
             if meta.get("sha256") == digest:
-                os.utime(manifest)  # most recently used: evicted last
+                _touch(manifest)  # most recently used: evicted last
                 return home / "files", digest, [tuple(s) for s in meta["skipped"]]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is rebuilt below
@@ -810,6 +818,7 @@ def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str
             (tmp / "manifest.json").write_text(
                 json.dumps({"sha256": digest, "skipped": skipped, "bytes": written})
             )
+            _touch(tmp / "manifest.json")
             if home.exists():
                 shutil.rmtree(home, ignore_errors=True)
             try:

@@ -156,8 +156,8 @@ def check_torch_archive(data: bytes, label: str) -> None:
         max_entries=MAX_CHECKPOINT_RECORDS,
         max_directory_bytes=MAX_CHECKPOINT_DIRECTORY_BYTES,
     )
-    eocd_end = len(data) if end.comment_length == 0 else -1
-    if end.prefix != 0 or eocd_end != len(data) or end.entries != len(records):
+    exact_end = end.comment_length == 0 and end.records_end == len(data)
+    if end.prefix != 0 or not exact_end or end.entries != len(records):
         raise InputError(
             f"{label}: not a torch.save archive (data before or after the zip, or a directory "
             f"that disagrees with its end record)"
@@ -165,11 +165,16 @@ def check_torch_archive(data: bytes, label: str) -> None:
     declared = 0
     for record in records:
         name = record.name
-        if record.method != _ZIP_STORED or record.compressed_size != record.size:
+        if record.method != _ZIP_STORED:
             raise InputError(
-                f"{label}: record {name!r} is compressed (method {record.method}, "
+                f"{label}: record {name!r} is compressed (zip method {record.method}, "
                 f"{record.compressed_size} bytes declaring {record.size}); torch.save stores "
                 "records uncompressed, and compressed ones are refused"
+            )
+        if record.compressed_size != record.size:
+            raise InputError(
+                f"{label}: record {name!r} declares {record.size} bytes but stores "
+                f"{record.compressed_size}"
             )
         if record.flags & 0x1:
             raise InputError(f"{label}: record {name!r} is encrypted")

@@ -49,6 +49,8 @@ class ZipEnd:
     #: Absolute position of the end record (the ZIP64 record when there is one).
     end_offset: int
     comment_length: int
+    #: Where the classic end record and its comment end; the file size unless bytes follow.
+    records_end: int
     zip64: bool
     file_size: int
 
@@ -90,6 +92,7 @@ def read_end(fh: BinaryIO, label: str) -> ZipEnd:
             raise InputError(f"{label}: not a valid zip archive (no end-of-directory record)")
     _, disk, cd_disk, _, entries, cd_size, cd_offset, comment = _EOCD.unpack_from(tail, at)
     end_offset = tail_start + at
+    records_end = end_offset + _EOCD.size + comment
     zip64 = False
     record_declared_at = 0
     if end_offset >= _LOCATOR.size:
@@ -128,6 +131,7 @@ def read_end(fh: BinaryIO, label: str) -> ZipEnd:
         prefix=prefix,
         end_offset=end_offset,
         comment_length=comment,
+        records_end=records_end,
         zip64=zip64,
         file_size=size,
     )
