@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+#: The checkout whose aslquant the children run (default: this one). Pointing it at another
+#: checkout runs the same hostile files against that code: how these tests were shown to fail
+#: on the commit before the fix.
+CODE_ROOT = Path(os.environ.get("ASLQUANT_HOSTILE_CODE_ROOT", REPO))
 #: What a refusal may cost, as the issue states it.
 PEAK_MB_BOUND = 300
 SECONDS_BOUND = 10.0
@@ -287,13 +291,13 @@ print(json.dumps({"baseline_mb": base, "results": results}))
 def run_cases(cases: list[tuple[str, str, Path]], timeout: float = 300) -> dict[str, dict]:
     """Load each (name, kind, path) in one child process; results by case name."""
     payload = json.dumps([(n, k, str(p)) for n, k, p in cases])
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(CODE_ROOT))
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD],
         input=payload,
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=CODE_ROOT,
         env=env,
         timeout=timeout,
     )
@@ -305,8 +309,10 @@ def run_cases(cases: list[tuple[str, str, Path]], timeout: float = 300) -> dict[
 def check_refused(results: dict[str, dict], needles: dict[str, str]) -> None:
     """Every case: an InputError of one line containing its needle, in bounded time/memory."""
     failures = []
+    print(f"\n{'case':<28} {'outcome':<12} {'seconds':>8} {'peak MB':>8}")  # pytest -s shows it
     for name, needle in needles.items():
         r = results[name]
+        print(f"{name!r:<28} {r['outcome']:<12} {r['seconds']:>8.3f} {r['peak_mb']:>8.1f}")
         ok = (
             r["outcome"] == "InputError"
             and "\n" not in r["message"]
@@ -342,12 +348,12 @@ def run_cli(args: list[str], tmp: Path, timeout: float = 300) -> tuple[int, str,
     """``python -m aslquant report ARGS --out TMP/out`` (through runpy, which is what ``-m``
     does), returning (exit code, stderr, {peak_mb, seconds})."""
     measure = tmp / "cli_measure.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(CODE_ROOT))
     proc = subprocess.run(
         [sys.executable, "-c", _CLI, str(measure), "report", *args, "--out", str(tmp / "out")],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=CODE_ROOT,
         env=env,
         timeout=timeout,
     )
@@ -358,6 +364,7 @@ def check_cli_refusal(code: int, stderr: str, measured: dict, needle: str) -> No
     """Exit 2, one ``error:`` line (the last), no traceback, bounded memory and time."""
     lines = stderr.strip().splitlines()
     errors = [ln for ln in lines if ln.startswith("error: ")]
+    print(f"\nCLI exit {code}, {measured['seconds']:.3f} s, peak {measured['peak_mb']:.1f} MB")
     assert code == 2, stderr
     assert "Traceback" not in stderr, stderr
     assert len(errors) == 1 and lines[-1] == errors[0] and needle in errors[0], stderr

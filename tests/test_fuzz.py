@@ -23,7 +23,7 @@ LABELS_TXT = (SAMPLE / "labels.txt").read_bytes()
 MODEL = (SAMPLE / "model.pth").read_bytes()
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=400,
     deadline=None,
     database=None,
     derandomize=True,
@@ -40,18 +40,29 @@ def _positions(size: int, edge: int) -> st.SearchStrategy[int]:
     )
 
 
-def _damaged(original: bytes, edge: int) -> st.SearchStrategy[bytes]:
-    flips = st.lists(st.tuples(_positions(len(original), edge), st.integers(0, 255)), max_size=6)
-    cut = st.one_of(st.none(), _positions(len(original), edge))
+#: Byte values fuzzers try first: zero, the top of ASCII, 0x80 (a UTF-8 continuation byte,
+#: and the pickle PROTO opcode), 0xFF, and 0x11 (in the third byte of a UCS-4 character it
+#: makes a code point above U+10FFFF).
+_INTERESTING = (0x00, 0x11, 0x7F, 0x80, 0xFF)
 
-    def apply(args: tuple[list[tuple[int, int]], int | None]) -> bytes:
-        changes, end = args
+
+def _damaged(original: bytes, edge: int) -> st.SearchStrategy[bytes]:
+    """``original`` with up to three bytes changed, or cut short, or both."""
+    value = st.one_of(st.sampled_from(_INTERESTING), st.integers(0, 255))
+    flips = st.lists(st.tuples(_positions(len(original), edge), value), min_size=1, max_size=3)
+    cut = _positions(len(original), edge)
+
+    def apply(changes: list[tuple[int, int]], end: int | None) -> bytes:
         data = bytearray(original)
-        for at, value in changes:
-            data[at] = value
+        for at, byte in changes:
+            data[at] = byte
         return bytes(data[:end] if end is not None else data)
 
-    return st.tuples(flips, cut).map(apply)
+    return st.one_of(
+        flips.map(lambda c: apply(c, None)),
+        cut.map(lambda end: apply([], end)),
+        st.tuples(flips, cut).map(lambda args: apply(*args)),
+    )
 
 
 def _value_or_input_error(load, data: bytes, name: str) -> None:
@@ -74,7 +85,7 @@ def test_damaged_labels_txt(data: bytes) -> None:
     _value_or_input_error(lambda d, n: load_labels(d, name=n), data, "labels.txt")
 
 
-@FUZZ
+@settings(FUZZ, max_examples=150)
 @given(_damaged(MODEL, edge=2048))
 def test_damaged_model_pth(data: bytes) -> None:
     _value_or_input_error(lambda d, n: load_checkpoint(d, num_labels=29, name=n), data, "model.pth")

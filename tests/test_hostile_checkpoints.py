@@ -41,6 +41,9 @@ from tests.hostile import (
 from tests.seed_model import SeedCustomCNN
 
 MiB = 1 << 20
+# Building float8/sparse/nested/quantized tensors makes torch warn that they are beta or
+# deprecated; that is the point of the cases, not news.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _bomb(records: int, each: int, zip64: bool = False) -> bytes:
