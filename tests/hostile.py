@@ -5,9 +5,9 @@ test a few MB: a DEFLATE stream of zeros is one full-flushed block repeated, a 2
 central directory is one numpy structured array, a 3 GiB checkpoint is a sparse file.
 
 ``run_cases`` loads each file in ONE child process (so the count of subprocesses stays small)
-and reports, per case, what the loader did, how long it took and how far the child's peak RSS
-(``ru_maxrss``, a high-water mark) rose above its baseline taken after imports and a warm-up
-load of the demo files. An address-space limit keeps a loader that does not refuse in time
+and reports, per case, what the loader did, how long it took and how far the child's RSS
+peaked above its RSS just before the case (the kernel's high-water mark, reset per case; see
+``_MEMORY_HELPERS``), after imports and a warm-up load of the demo files. An address-space limit keeps a loader that does not refuse in time
 (e.g. the code before the fix) from taking the shared machine down with it.
 """
 
@@ -235,7 +235,35 @@ def state_dict_bytes(state: dict) -> bytes:
 # --------------------------------------------------------------------------------------------
 # the measured child
 
-_CHILD = r"""
+#: Peak memory of one case: the kernel's high-water mark (VmHWM) is reset to the current RSS
+#: before the case (writing 5 to /proc/self/clear_refs, Linux >= 4.0), so the peak after it
+#: minus the RSS before it is what that case cost, not masked by earlier, larger peaks.
+#: Where the reset is not allowed, ru_maxrss (a process-lifetime high-water mark) is used.
+_MEMORY_HELPERS = r"""
+def status_kb(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return ("hwm", status_kb("VmRSS"))
+    except OSError:
+        return ("maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+def peak_since(before):
+    kind, kb = before
+    if kind == "hwm":
+        return (status_kb("VmHWM") - kb) / 1024
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - kb) / 1024
+"""
+
+_CHILD = (
+    r"""
 import json, os, resource, sys, time
 cases = json.loads(sys.stdin.read())
 import torch  # noqa: F401  (imported by every loader; part of the baseline)
@@ -256,22 +284,17 @@ loaders = {
     "image": data_mod.open_image,
 }
 
-def rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-def vm_bytes():
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
+"""
+    + _MEMORY_HELPERS
+    + r"""
 
 # A loader that fails to refuse must not take the shared machine with it.
-limit = vm_bytes() + int(os.environ.get("HOSTILE_AS_HEADROOM", 3 << 30))
+limit = status_kb("VmSize") * 1024 + int(os.environ.get("HOSTILE_AS_HEADROOM", 3 << 30))
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-base = rss_mb()
+base = status_kb("VmRSS") / 1024
 results = []
 for name, kind, path in cases:
+    before = reset_peak()
     start = time.perf_counter()
     try:
         loaders[kind](path)
@@ -280,12 +303,14 @@ for name, kind, path in cases:
         outcome, message = "InputError", str(err)
     except BaseException as err:  # what the test is here to catch
         outcome, message = type(err).__name__, str(err)[:300]
+    seconds = time.perf_counter() - start
     results.append({
         "name": name, "outcome": outcome, "message": message,
-        "seconds": time.perf_counter() - start, "peak_mb": rss_mb() - base,
+        "seconds": seconds, "peak_mb": peak_since(before),
     })
 print(json.dumps({"baseline_mb": base, "results": results}))
 """
+)
 
 
 def run_cases(cases: list[tuple[str, str, Path]], timeout: float = 300) -> dict[str, dict]:
@@ -325,23 +350,27 @@ def check_refused(results: dict[str, dict], needles: dict[str, str]) -> None:
     assert not failures, "\n".join(failures)
 
 
-_CLI = r"""
+_CLI = (
+    r"""
 import atexit, json, resource, runpy, sys, time
 out = sys.argv.pop(1)
 import torch  # noqa: F401
 import aslquant.cli  # noqa: F401  (what `python -m aslquant` imports first)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+    + _MEMORY_HELPERS
+    + r"""
+before = reset_peak()
 start = time.perf_counter()
 
 @atexit.register
 def _report():
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     with open(out, "w") as fh:
-        json.dump({"peak_mb": peak, "seconds": time.perf_counter() - start}, fh)
+        json.dump({"peak_mb": peak_since(before), "seconds": time.perf_counter() - start}, fh)
 
 sys.argv[0] = "aslquant"
 runpy.run_module("aslquant", run_name="__main__", alter_sys=True)
 """
+)
 
 
 def run_cli(args: list[str], tmp: Path, timeout: float = 300) -> tuple[int, str, dict]:
