@@ -772,7 +772,10 @@ def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str
         try:
             meta = json.loads(manifest.read_text())
             if meta.get("sha256") == digest:
-                _touch(manifest)  # most recently used: evicted last
+                try:
+                    _touch(manifest)  # most recently used: evicted last
+                except OSError:
+                    pass  # a read-only cache still serves; it just cannot reorder
                 return home / "files", digest, [tuple(s) for s in meta["skipped"]]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is rebuilt below
@@ -877,20 +880,23 @@ def load_image_set(source: str | Path, class_names: list[str]) -> ImageSet:
     path = Path(source)
     digest = ""
     skipped: list[tuple[str, str]] = []
-    if not path.exists():
-        raise InputError(f"{label}: folder or zip not found")
-    if path.is_dir():
-        root = path.resolve()
-    elif path.is_file():
-        if not zipfile.is_zipfile(path):
-            if path.suffix.lower() == ".zip":
-                raise InputError(f"{label}: not a valid zip archive")
+    try:
+        if not path.exists():
+            raise InputError(f"{label}: folder or zip not found")
+        if path.is_dir():
+            root = path.resolve()
+        elif path.is_file():
+            if not zipfile.is_zipfile(path):
+                if path.suffix.lower() == ".zip":
+                    raise InputError(f"{label}: not a valid zip archive")
+                raise InputError(f"{label}: not a folder or a .zip archive")
+            root, digest, skipped = _extract_zip(path, label)
+            skipped = list(skipped)
+        else:
             raise InputError(f"{label}: not a folder or a .zip archive")
-        root, digest, skipped = _extract_zip(path, label)
-        skipped = list(skipped)
-    else:
-        raise InputError(f"{label}: not a folder or a .zip archive")
-    layout, base, found, more_skipped = _scan_folder(root, names, label)
+        layout, base, found, more_skipped = _scan_folder(root, names, label)
+    except OSError as err:  # a path too long, a folder we may not list, ...
+        raise InputError(f"{label}: cannot be read ({err.strerror or err})") from None
     skipped.extend(more_skipped)
     items = sorted(
         (

@@ -93,8 +93,8 @@ def read_regular_file(
     The file is opened with ``O_NONBLOCK`` (opening a FIFO never waits for a writer) and
     checked with ``fstat`` on that descriptor, so what is checked is what is read. The size
     cap is applied before reading; ``check_head`` sees the first ``HEAD_BYTES`` bytes before
-    the rest is read (it raises to refuse). A file that grows past the cap while being read is
-    refused too.
+    the rest is read (it raises to refuse). Never more than the size ``fstat`` reported is
+    read, so a file that grows meanwhile cannot push the read past the cap.
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     try:
@@ -121,13 +121,13 @@ def read_regular_file(
                 raise UnreadableFile("is empty")
             if check_head is not None:
                 check_head(head)
-            rest = fh.read(max(0, max_bytes + 1 - len(head)))
+            # At most the size fstat reported (itself within the cap): a file that grows while
+            # it is read is read as it was, never past the cap.
+            rest = fh.read(max(0, info.st_size - len(head)))
     except OSError as err:
         raise UnreadableFile(f"cannot be read ({err.strerror or err})") from None
     finally:
         os.close(fd)
-    if len(head) + len(rest) > max_bytes:
-        raise UnreadableFile(f"grew beyond the {max_bytes}-byte limit while being read")
     return head + rest
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from aslquant.errors import HEAD_BYTES, InputError, read_input_file
+from aslquant.labels import MAX_CLASSES
 from aslquant.zipdir import read_directory
 
 #: The layers that hold weights, in forward order. Every per-layer table uses these names.
@@ -108,7 +109,7 @@ MAX_CHECKPOINT_PICKLE_BYTES = 1024 * 1024
 #: a view that repeats one stored element (stride 0) cannot make a small file a huge tensor.
 MAX_STATE_DICT_TENSOR_BYTES = MAX_CHECKPOINT_BYTES
 #: Most classes a checkpoint may have (fc2 outputs); the same limit as a labels file.
-MAX_CHECKPOINT_CLASSES = 10_000
+MAX_CHECKPOINT_CLASSES = MAX_CLASSES
 #: Tensor dtypes a state_dict may hold: plain float and integer types. float8, complex,
 #: quantized, bool and the rest are refused by name.
 ACCEPTED_DTYPES: frozenset[torch.dtype] = frozenset(
