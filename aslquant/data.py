@@ -6,16 +6,21 @@ shorter-side size is ``int(s * long / short)``, ``CenterCrop`` offsets are
 ``int(round((h - s) / 2.0))``, ``ToTensor`` divides by 255 and ``Normalize`` is
 ``(x - mean) / std`` in float32.
 
-Image sources are untrusted: zips are checked for path traversal and size/count limits before
-anything is written, only image members are extracted (into a cache keyed by the zip's sha256),
-Pillow may only open a fixed list of raster formats (no EPS/Ghostscript), its decompression-bomb
-limit is set here on purpose, and corrupt files are skipped and reported rather than fatal.
+Image sources are untrusted: a zip's end record and central directory are checked (entry count
+including folders, directory size, declared sizes, path length and depth, file/folder clashes,
+traversal) before ``zipfile`` parses it or anything is written; only image members are extracted,
+into a cache keyed by the zip's sha256 whose total size is capped (least recently used entries
+are evicted). Folder trees are walked without recursion, to a bounded depth. Pillow may only open
+a fixed list of raster formats (no EPS/Ghostscript); ``_decode`` enforces the pixel limit itself
+and a decode budget (JPEG scans; only the first frame of an animated file is ever decoded), and
+unusable files are skipped and reported rather than fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -25,6 +30,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import time
 import warnings
 import zipfile
 from collections import deque
@@ -36,25 +42,52 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from aslquant.errors import InputError
+from aslquant.errors import InputError, UnreadableFile, read_regular_file
 from aslquant.model import MIN_INPUT_SIZE
 from aslquant.pixelcache import PIXELS, Unreadable
+from aslquant.zipdir import read_directory
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-MAX_INPUT_SIZE = 1024
+#: Largest input size. One image's float32 activations in the CustomCNN (``activation_bytes``,
+#: summed over the forward pass) grow with the square of the size: 13 MB at 224, 71 MB at 512,
+#: 289 MB at 1024. A 32-image batch at 1024 took 5 GB and minutes; 512 is a quarter of that.
+MAX_INPUT_SIZE = 512
+#: Smallest std (after float32 rounding), largest |mean|. With pixels in 0..255 these keep
+#: (x - mean) / std within about 1.3e9: finite in float32, the precision the network runs in.
+MIN_STD = 1e-6
+MAX_ABS_MEAN = 1000.0
 
-#: Largest image (width x height) decoded. Pillow warns above its limit and fails above twice
-#: it; we set its limit to ours and turn the warning into an error, so the limit is exact.
+#: Largest image (width x height) decoded; checked by ``_decode`` itself on the header, before
+#: any pixel is decoded (not through Pillow's process-wide ``Image.MAX_IMAGE_PIXELS``).
 MAX_IMAGE_PIXELS: int = 40_000_000
 #: Largest image file read, and smallest side an image may have to be worth classifying.
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MIN_IMAGE_SIDE = 8
-#: Zip limits (checked on the central directory before extraction, and again while copying).
-MAX_ZIP_FILES = 200_000
+#: Most scans a JPEG may have. Each scan of a progressive JPEG is another pass over every
+#: coefficient: a 36 MP image with 120,000 empty scans decodes for many minutes. Encoders
+#: write about 10 (libjpeg's progressive script) and rarely more than 20; 64 scans of a
+#: 40 MP image cost a few seconds at most. Counted on the bytes before decoding.
+MAX_JPEG_SCANS = 64
+#: Frames decoded per image: the first. Later frames of an animated GIF/WebP/PNG or pages of a
+#: TIFF are never read, so their number costs nothing (Pillow would walk the whole file to
+#: count them, which is itself the cost to avoid).
+FRAMES_DECODED = 1
+#: Zip limits, checked on the end record and central directory before zipfile parses it:
+#: entries (files and folders), directory bytes, total declared size.
+MAX_ZIP_MEMBERS = 200_000
+MAX_ZIP_DIRECTORY_BYTES = 32 * 1024 * 1024
 MAX_ZIP_BYTES = 2 * 1024**3
-#: Most entries looked at in a folder tree.
+#: Member paths: levels, bytes of one component (Linux NAME_MAX) and of the whole path.
+MAX_ZIP_PATH_DEPTH = 32
+MAX_PATH_COMPONENT_BYTES = 255
+MAX_ZIP_PATH_BYTES = 1024
+#: Total size of extracted zips kept in the cache; least recently used ones are evicted to
+#: make room (twice the per-zip limit, so the newest zip always fits).
+MAX_ZIP_CACHE_BYTES = 2 * MAX_ZIP_BYTES
+#: Most entries looked at in a folder tree, and deepest folder searched below a class folder.
 MAX_FOLDER_FILES = 1_000_000
+MAX_FOLDER_DEPTH = 32
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -73,11 +106,42 @@ _PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 def _triple(value: object, what: str) -> tuple[float, float, float]:
     try:
         vals = tuple(float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"preprocessing: {what} must be three numbers, got {value!r}") from None
     if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
         raise InputError(f"preprocessing: {what} must be three finite numbers, got {value!r}")
     return vals  # type: ignore[return-value]
+
+
+def _check_mean_std(mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+    """Refuse a mean/std that is not finite and sane in float32, the network's precision."""
+    with np.errstate(over="ignore", under="ignore"):
+        mean32 = np.asarray(mean, dtype=np.float64).astype(np.float32)
+        std32 = np.asarray(std, dtype=np.float64).astype(np.float32)
+    if not np.isfinite(mean32).all() or (np.abs(mean32) > MAX_ABS_MEAN).any():
+        raise InputError(
+            f"preprocessing: mean {list(mean)} is outside -{MAX_ABS_MEAN:g}..{MAX_ABS_MEAN:g} "
+            "(in float32, the precision the network runs in)"
+        )
+    if not np.isfinite(std32).all() or (std32 < MIN_STD).any():
+        raise InputError(
+            f"preprocessing: std {list(std)} must be finite and at least {MIN_STD:g} in float32 "
+            f"(as float32 it is {[float(v) for v in std32]}); smaller values blow (x - mean) / "
+            "std up past what the network can use"
+        )
+
+
+def activation_bytes(input_size: int) -> int:
+    """float32 bytes of one image's activations in the CustomCNN: input, and each stage's
+    convolution, ReLU and 2x2 max-pool outputs (what a forward pass without grad allocates)."""
+    total = 3 * input_size * input_size
+    side = input_size
+    for channels, kernel in ((16, 5), (32, 5), (64, 3), (128, 5)):
+        side = side - kernel + 1
+        total += 2 * channels * side * side  # conv and ReLU outputs
+        side //= 2
+        total += channels * side * side  # max-pool output
+    return 4 * total
 
 
 @dataclass(frozen=True)
@@ -100,10 +164,18 @@ class Preprocess:
         size = self.input_size
         if isinstance(size, bool) or not isinstance(size, int):
             raise InputError(f"preprocessing: input_size must be an integer, got {size!r}")
-        if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        if size < MIN_INPUT_SIZE:
             raise InputError(
                 f"preprocessing: input_size {size} is outside {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} "
                 f"(the network needs at least {MIN_INPUT_SIZE} pixels)"
+            )
+        if size > MAX_INPUT_SIZE:
+            mb = activation_bytes(size) / 1e6
+            raise InputError(
+                f"preprocessing: input_size {size} is outside {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} "
+                f"(it needs about {mb:,.0f} MB of activations per image, {32 * mb / 1e3:,.1f} GB "
+                f"for a batch of 32; {MAX_INPUT_SIZE} needs "
+                f"{activation_bytes(MAX_INPUT_SIZE) / 1e6:,.0f} MB)"
             )
         for flag in ("crop", "bgr"):
             if not isinstance(getattr(self, flag), bool):
@@ -113,10 +185,10 @@ class Preprocess:
         if (self.mean is None) != (self.std is None):
             raise InputError("preprocessing: give both mean and std, or neither")
         if self.mean is not None:
-            object.__setattr__(self, "mean", _triple(self.mean, "mean"))
+            mean = _triple(self.mean, "mean")
             std = _triple(self.std, "std")
-            if any(v == 0 for v in std):
-                raise InputError(f"preprocessing: std must be nonzero, got {std}")
+            _check_mean_std(mean, std)
+            object.__setattr__(self, "mean", mean)
             object.__setattr__(self, "std", std)
 
     def to_dict(self) -> dict:
@@ -229,19 +301,46 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         raise _BadImage(f"cannot convert image mode {mode} to RGB ({err})") from None
 
 
+def _jpeg_scans(img: Image.Image, data: bytes) -> int:
+    """Upper bound on the JPEG scans Pillow's decoder will run for ``img`` (0 if not JPEG).
+
+    Counts start-of-scan markers (FF DA) in the whole file. Inside entropy-coded data every FF
+    byte is followed by 00, so a real scan is always counted; an FF DA inside an APP segment
+    (an EXIF thumbnail's scans) can only over-count.
+    """
+    jpeg_inside = img.format in ("JPEG", "MPO") or (
+        img.format == "TIFF" and str(img.info.get("compression", "")).endswith("jpeg")
+    )
+    return data.count(b"\xff\xda") if jpeg_inside else 0
+
+
+def _check_decode_budget(img: Image.Image, data: bytes) -> None:
+    """Refuse, from the header and markers alone, an image whose decode would be too costly."""
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _BadImage(f"{width}x{height} image exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
+    scans = _jpeg_scans(img, data)
+    if scans > MAX_JPEG_SCANS:
+        raise _BadImage(
+            f"JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are decoded (each scan is another "
+            "pass over the whole image)"
+        )
+
+
 def _decode(data: bytes) -> Image.Image:
+    """The first frame of an image as RGB, within the pixel limit and the decode budget."""
     if not data:
         raise _BadImage("empty file")
     with warnings.catch_warnings():
+        # Whatever Pillow's process-wide limit is (ours, its default, or None), it must not
+        # print a warning; our own check below is the one that decides.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise _BadImage(
-                    f"{width}x{height} image exceeds the {MAX_IMAGE_PIXELS}-pixel limit"
-                )
-            img.load()
+            _check_decode_budget(img, data)
+            img.load()  # the first frame only; later frames are never sought
+            if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:  # a decoder that resized on load
+                raise _BadImage(f"image exceeds the {MAX_IMAGE_PIXELS}-pixel limit")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _BadImage(
                 f"image declares more than the {MAX_IMAGE_PIXELS}-pixel limit (decompression bomb?)"
@@ -265,12 +364,11 @@ def _decode(data: bytes) -> Image.Image:
 
 def _read_image_bytes(path: Path) -> bytes:
     try:
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise _BadImage(f"file is {size} bytes; images above {MAX_IMAGE_BYTES} are refused")
-        return path.read_bytes()
-    except OSError as err:
-        raise _BadImage(f"cannot read file ({err.strerror or err})") from None
+        return read_regular_file(path, MAX_IMAGE_BYTES)
+    except UnreadableFile as err:
+        raise _BadImage(
+            "empty file" if err.reason == "is empty" else f"file {err.reason}"
+        ) from None
 
 
 def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
@@ -282,10 +380,7 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
             if len(data) > MAX_IMAGE_BYTES:
                 raise _BadImage(f"image above {MAX_IMAGE_BYTES} bytes refused")
         else:
-            path = Path(source)
-            if not path.is_file():
-                raise _BadImage("file not found")
-            data = _read_image_bytes(path)
+            data = _read_image_bytes(Path(source))
         return _decode(data)
     except _BadImage as err:
         raise InputError(f"{label}: {err}") from None
@@ -423,22 +518,46 @@ class _Walker:
         return True
 
     def walk(self, top: Path) -> Iterator[str]:
-        """Accepted image paths under ``top`` (recursive, sorted, symlinked folders not followed)."""
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-            keep = []
-            for d in sorted(dirnames):
-                full = os.path.join(dirpath, d)
-                if _hidden(d):
-                    self.skipped.append((self.rel(full) + "/", "hidden folder ignored"))
-                elif os.path.islink(full):
-                    self.skipped.append((self.rel(full) + "/", "symlinked folder not followed"))
+        """Accepted image paths under ``top``, sorted within each folder; symlinked folders are
+        not followed. Iterative (a deep tree cannot exhaust the stack) and at most
+        ``MAX_FOLDER_DEPTH`` levels below ``top``: a deeper folder is refused."""
+        stack: list[tuple[str, int]] = [(str(top), 0)]
+        while stack:
+            dirpath, depth = stack.pop()
+            try:
+                with os.scandir(dirpath) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as err:
+                self.skipped.append(
+                    (self.rel(dirpath) + "/", f"unreadable folder ({err.strerror})")
+                )
+                continue
+            subdirs: list[str] = []
+            files: list[os.DirEntry] = []
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()  # follows symlinks, as os.walk does
+                except OSError:
+                    is_dir = False
+                if not is_dir:
+                    files.append(entry)
+                elif _hidden(entry.name):
+                    self.skipped.append((self.rel(entry.path) + "/", "hidden folder ignored"))
+                elif entry.is_symlink():
+                    self.skipped.append(
+                        (self.rel(entry.path) + "/", "symlinked folder not followed")
+                    )
                 else:
-                    keep.append(d)
-            dirnames[:] = keep
-            for f in sorted(filenames):
-                full = os.path.join(dirpath, f)
-                if self.accept_file(full, f):
-                    yield full
+                    subdirs.append(entry.path)
+            for entry in files:
+                if self.accept_file(entry.path, entry.name):
+                    yield entry.path
+            if subdirs and depth >= MAX_FOLDER_DEPTH:
+                raise InputError(
+                    f"{self.root}: folders nested more than {MAX_FOLDER_DEPTH} levels below "
+                    f"{self.rel(top)}/; point at a shallower folder"
+                )
+            stack.extend((d, depth + 1) for d in reversed(subdirs))
 
     def entries(self, top: Path) -> tuple[list[os.DirEntry], list[os.DirEntry]]:
         """(visible real subfolders, all files) directly in ``top``."""
@@ -527,6 +646,137 @@ def _safe_member(name: str, label: str) -> PurePosixPath:
     return PurePosixPath(*[p for p in parts if p not in ("", ".")])
 
 
+def _check_member_path(rel: PurePosixPath, name: str, label: str) -> None:
+    """Refuse a member path this file system cannot hold or that nests absurdly deep."""
+    if len(rel.parts) > MAX_ZIP_PATH_DEPTH:
+        raise InputError(
+            f"{label}: zip member {name[:80]!r}... is {len(rel.parts)} levels deep; "
+            f"the limit is {MAX_ZIP_PATH_DEPTH}"
+        )
+    for part in rel.parts:
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_PATH_COMPONENT_BYTES:
+            raise InputError(
+                f"{label}: zip member {name[:80]!r}... has a {len(part)}-character name "
+                f"component; the limit is {MAX_PATH_COMPONENT_BYTES} bytes"
+            )
+    size = len(rel.as_posix().encode("utf-8", "surrogatepass"))
+    if size > MAX_ZIP_PATH_BYTES:
+        raise InputError(
+            f"{label}: zip member path {name[:80]!r}... is {size} bytes; "
+            f"the limit is {MAX_ZIP_PATH_BYTES}"
+        )
+
+
+def _check_zip_directory(path: Path, label: str) -> int:
+    """Check a zip's directory before ``zipfile`` parses it; returns its entry count.
+
+    Entries (files and folders) and directory bytes are bounded on the end record, then while
+    walking the directory; then the total declared size, every member path (traversal, depth,
+    component and path length) and clashes between a file and a folder of the same name.
+    """
+    try:
+        with path.open("rb") as fh:
+            _, entries = read_directory(
+                fh, label, max_entries=MAX_ZIP_MEMBERS, max_directory_bytes=MAX_ZIP_DIRECTORY_BYTES
+            )
+    except OSError as err:
+        raise InputError(f"{label}: cannot read the zip ({err.strerror or err})") from None
+    total = sum(e.size for e in entries if not e.is_dir)
+    if total > MAX_ZIP_BYTES:
+        raise InputError(
+            f"{label}: zip expands to {total} bytes; the limit is {MAX_ZIP_BYTES} bytes"
+        )
+    # Each member as its parts joined by NUL (never in a checked name): sorted, everything
+    # below a path follows that path directly, so a file that is also a folder is adjacent
+    # to its first child. One string per member, whatever the depth.
+    keys: list[tuple[str, bool]] = []
+    for entry in entries:
+        rel = _safe_member(entry.name, label)
+        _check_member_path(rel, entry.name, label)
+        if rel.parts:
+            keys.append(("\x00".join(rel.parts), entry.is_dir))
+    keys.sort()
+    for (a, a_dir), (b, b_dir) in itertools.pairwise(keys):
+        if (a == b and a_dir != b_dir) or (not a_dir and b.startswith(a + "\x00")):
+            shown = a.replace("\x00", "/")
+            raise InputError(
+                f"{label}: zip member {shown!r} is both a file and a folder; refusing to extract"
+            )
+    return len(entries)
+
+
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p`` without recursion (pathlib's and os.makedirs recurse once per level)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under ``root`` (iterative; for entries without a size)."""
+    total, stack = 0, [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total
+
+
+def _touch(manifest: Path) -> None:
+    """Mark a cache entry as used now, with the clock's full resolution (file timestamps set
+    implicitly come from a coarse kernel clock, so two entries could tie)."""
+    now = time.time_ns()
+    os.utime(manifest, ns=(now, now))
+
+
+def _cached_zips(zips: Path) -> list[tuple[int, int, Path]]:
+    """(last use, bytes, folder) of every complete cache entry, least recently used first."""
+    found = []
+    try:
+        children = list(os.scandir(zips))
+    except OSError:
+        return []
+    for child in children:
+        manifest = Path(child.path) / "manifest.json"
+        try:
+            used = manifest.stat().st_mtime_ns
+        except OSError:
+            continue  # an extraction in progress, or not ours
+        try:
+            size = int(json.loads(manifest.read_text())["bytes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            size = _tree_bytes(Path(child.path))
+        found.append((used, size, Path(child.path)))
+    return sorted(found)
+
+
+def _make_room(zips: Path, needed: int, label: str) -> None:
+    """Evict least recently used extracted zips until ``needed`` more bytes fit the cap."""
+    if needed > MAX_ZIP_CACHE_BYTES:
+        raise InputError(
+            f"{label}: zip expands to {needed} bytes; the zip cache holds at most "
+            f"{MAX_ZIP_CACHE_BYTES} bytes"
+        )
+    entries = _cached_zips(zips)
+    used = sum(size for _, size, _ in entries)
+    for _, size, folder in entries:
+        if used + needed <= MAX_ZIP_CACHE_BYTES:
+            break
+        shutil.rmtree(folder, ignore_errors=True)
+        used -= size
+
+
 def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str]]]:
     """Extract image members of a zip into the cache; returns (files root, sha256, skipped)."""
     digest = sha256_file(path)
@@ -536,23 +786,22 @@ def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str
         try:
             meta = json.loads(manifest.read_text())
             if meta.get("sha256") == digest:
+                try:
+                    _touch(manifest)  # most recently used: evicted last
+                except OSError:
+                    pass  # a read-only cache still serves; it just cannot reorder
                 return home / "files", digest, [tuple(s) for s in meta["skipped"]]
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is rebuilt below
+    count = _check_zip_directory(path, label)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as err:
         raise InputError(f"{label}: not a valid zip archive ({err})") from None
     with zf:
         infos = zf.infolist()
-        files = [i for i in infos if not i.is_dir()]
-        if len(files) > MAX_ZIP_FILES:
-            raise InputError(f"{label}: zip has {len(files)} files; the limit is {MAX_ZIP_FILES}")
-        total = sum(i.file_size for i in files)
-        if total > MAX_ZIP_BYTES:
-            raise InputError(
-                f"{label}: zip expands to {total} bytes; the limit is {MAX_ZIP_BYTES} bytes"
-            )
+        if len(infos) != count:  # not the directory that was checked
+            raise InputError(f"{label}: not a valid zip archive (inconsistent directory)")
         # Validate every name before writing anything, so a hostile zip leaves no trace.
         plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
         skipped: list[tuple[str, str]] = []
@@ -578,33 +827,15 @@ def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str
             else:
                 seen.add(rel)
                 plan.append((info, rel))
-        home.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(home.parent)
+        _make_room(home.parent, sum(info.file_size for info, _ in plan), label)
         tmp = Path(tempfile.mkdtemp(prefix=digest[:12] + ".", dir=home.parent))
         try:
-            out_root = (tmp / "files").resolve()
-            out_root.mkdir()
-            written = 0
-            for info, rel in plan:
-                target = (out_root / rel).resolve()
-                if not target.is_relative_to(out_root):  # defence in depth; names were checked
-                    raise InputError(f"{label}: unsafe zip member {info.filename!r}; refusing")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                size = 0
-                try:
-                    with zf.open(info) as src, target.open("wb") as dst:
-                        for chunk in iter(lambda: src.read(1 << 20), b""):
-                            size += len(chunk)
-                            written += len(chunk)
-                            if size > info.file_size or written > MAX_ZIP_BYTES:
-                                raise InputError(
-                                    f"{label}: member {info.filename!r} expands beyond its "
-                                    f"declared size or the {MAX_ZIP_BYTES}-byte limit"
-                                )
-                            dst.write(chunk)
-                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
-                    target.unlink(missing_ok=True)
-                    skipped.append((rel.as_posix(), f"corrupt zip member ({err})"))
-            (tmp / "manifest.json").write_text(json.dumps({"sha256": digest, "skipped": skipped}))
+            written = _copy_members(zf, plan, (tmp / "files").resolve(), label, skipped)
+            (tmp / "manifest.json").write_text(
+                json.dumps({"sha256": digest, "skipped": skipped, "bytes": written})
+            )
+            _touch(tmp / "manifest.json")
             if home.exists():
                 shutil.rmtree(home, ignore_errors=True)
             try:
@@ -612,9 +843,48 @@ def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str
             except OSError:
                 if not manifest.is_file():  # lost a race with another extractor: theirs is fine
                     raise
+        except OSError as err:
+            raise InputError(
+                f"{label}: cannot extract into the cache ({err.strerror or err})"
+            ) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return home / "files", digest, skipped
+
+
+def _copy_members(
+    zf: zipfile.ZipFile,
+    plan: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+    out_root: Path,
+    label: str,
+    skipped: list[tuple[str, str]],
+) -> int:
+    """Copy the planned members under ``out_root``, each within its declared size; returns
+    the bytes written. Unreadable members are skipped (and noted), not fatal."""
+    out_root.mkdir()
+    written = 0
+    for info, rel in plan:
+        target = (out_root / rel).resolve()
+        if not target.is_relative_to(out_root):  # defence in depth; names were checked
+            raise InputError(f"{label}: unsafe zip member {info.filename!r}; refusing")
+        _make_dirs(target.parent)
+        size = 0
+        try:
+            with zf.open(info) as src, target.open("wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    size += len(chunk)
+                    written += len(chunk)
+                    if size > info.file_size or written > MAX_ZIP_BYTES:
+                        raise InputError(
+                            f"{label}: member {info.filename!r} expands beyond its "
+                            f"declared size or the {MAX_ZIP_BYTES}-byte limit"
+                        )
+                    dst.write(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
+            target.unlink(missing_ok=True)
+            written -= size
+            skipped.append((rel.as_posix(), f"corrupt zip member ({err})"))
+    return written
 
 
 def load_image_set(source: str | Path, class_names: list[str]) -> ImageSet:
@@ -624,20 +894,23 @@ def load_image_set(source: str | Path, class_names: list[str]) -> ImageSet:
     path = Path(source)
     digest = ""
     skipped: list[tuple[str, str]] = []
-    if not path.exists():
-        raise InputError(f"{label}: folder or zip not found")
-    if path.is_dir():
-        root = path.resolve()
-    elif path.is_file():
-        if not zipfile.is_zipfile(path):
-            if path.suffix.lower() == ".zip":
-                raise InputError(f"{label}: not a valid zip archive")
+    try:
+        if not path.exists():
+            raise InputError(f"{label}: folder or zip not found")
+        if path.is_dir():
+            root = path.resolve()
+        elif path.is_file():
+            if not zipfile.is_zipfile(path):
+                if path.suffix.lower() == ".zip":
+                    raise InputError(f"{label}: not a valid zip archive")
+                raise InputError(f"{label}: not a folder or a .zip archive")
+            root, digest, skipped = _extract_zip(path, label)
+            skipped = list(skipped)
+        else:
             raise InputError(f"{label}: not a folder or a .zip archive")
-        root, digest, skipped = _extract_zip(path, label)
-        skipped = list(skipped)
-    else:
-        raise InputError(f"{label}: not a folder or a .zip archive")
-    layout, base, found, more_skipped = _scan_folder(root, names, label)
+        layout, base, found, more_skipped = _scan_folder(root, names, label)
+    except OSError as err:  # a path too long, a folder we may not list, ...
+        raise InputError(f"{label}: cannot be read ({err.strerror or err})") from None
     skipped.extend(more_skipped)
     items = sorted(
         (

@@ -27,13 +27,29 @@ from typing import Any
 
 import numpy as np
 
-from aslquant.errors import InputError
+from aslquant.errors import InputError, read_input_file
 
-#: Largest labels file read (a 29-class lb.pkl is about 1.2 kB).
+#: Largest labels file read (a 29-class lb.pkl is about 1.2 kB; 10,000 names of 200
+#: characters in joblib's UCS-4 array are 8 MB). Also the cap on a decompressed joblib file.
 MAX_LABELS_BYTES = 16 * 1024 * 1024
 #: Most classes a labels file may name, and longest class name.
 MAX_CLASSES = 10_000
 MAX_NAME_LEN = 200
+#: Longest integer a labels file may hold (an integer class name is still a name). Checked
+#: before Python converts it: str() of a 5,000-digit int raises, and costs quadratic time.
+MAX_INT_DIGITS = MAX_NAME_LEN
+#: Longest "index" in an "index name" labels.txt line (indexes run 0..MAX_CLASSES).
+MAX_INDEX_DIGITS = len(str(MAX_CLASSES))
+#: Most lines in a text labels file (names, blank lines and comments together), counted
+#: before the text is split so a file of 16 million empty lines costs no list of them.
+MAX_LABELS_LINES = 100_000
+#: Deepest nesting in a JSON labels file: one flat list of names. Checked on the text before
+#: json parses it (json recurses per level; 100,000 levels raise RecursionError).
+MAX_JSON_DEPTH = 1
+#: Most pickle opcodes executed for one labels file. A fitted LabelBinarizer of 10,000
+#: classes needs about 40,000; the unpickler is pure Python, so this bounds time (~0.1 s)
+#: and the objects it can create, whatever the file size.
+MAX_LABELS_PICKLE_OPCODES = 100_000
 
 _PICKLE_EXTS = {".pkl", ".pickle", ".joblib", ".pck", ".z", ".gz", ".bz2", ".xz", ".lzma"}
 
@@ -175,6 +191,7 @@ class _SafeUnpickler(pickle._Unpickler):  # the pure-Python one: its opcodes can
         super().__init__(fileobj)
         self._fileobj = fileobj
         self._depth = depth
+        self.opcodes = 0
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -248,7 +265,10 @@ class _SafeUnpickler(pickle._Unpickler):  # the pure-Python one: its opcodes can
             # allow-list (as joblib itself routes it through the outer find_class).
             if self._depth >= 2:
                 raise pickle.UnpicklingError("nested arrays too deep")
-            arr = _SafeUnpickler(self._fileobj, self._depth + 1).load()
+            nested = _SafeUnpickler(self._fileobj, self._depth + 1)
+            nested.opcodes = self.opcodes  # one budget for the whole file
+            arr = nested.load()
+            self.opcodes = nested.opcodes
             if not isinstance(arr, np.ndarray):
                 raise pickle.UnpicklingError("joblib object array is not an array")
             return arr
@@ -271,6 +291,24 @@ _REFUSED_OPS = (pickle.NEWOBJ_EX, pickle.OBJ, pickle.INST, pickle.PERSID, pickle
 # EXT opcodes read copyreg's process-wide extension cache, which bypasses find_class.
 for _op in (*_REFUSED_OPS, pickle.EXT1, pickle.EXT2, pickle.EXT4):
     _SafeUnpickler.dispatch[_op[0]] = _SafeUnpickler.load_refused
+
+
+def _counted(handler: Any) -> Any:
+    """Wrap an opcode handler so each call spends one unit of the file's opcode budget."""
+
+    def run(self: _SafeUnpickler) -> None:
+        self.opcodes += 1
+        if self.opcodes > MAX_LABELS_PICKLE_OPCODES:
+            raise pickle.UnpicklingError(
+                f"more than {MAX_LABELS_PICKLE_OPCODES} pickle operations (a label binarizer "
+                "needs a few hundred)"
+            )
+        handler(self)
+
+    return run
+
+
+_SafeUnpickler.dispatch = {op: _counted(h) for op, h in _SafeUnpickler.dispatch.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,16 +341,8 @@ def _bounded_decompress(data: bytes) -> bytes | None:
     return out if out[:1] == b"\x80" else None
 
 
-def _names_from_pickle(data: bytes, label: str) -> list[Any]:
-    try:
-        obj = _SafeUnpickler(io.BytesIO(data)).load()
-    except _Refused as err:
-        raise InputError(f"{label}: labels file refers to {err}; refusing to load") from None
-    except RecursionError:
-        raise InputError(f"{label}: not a valid labels pickle (nested too deeply)") from None
-    except Exception as err:  # every malformed-pickle error means the same thing to a user
-        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise InputError(f"{label}: not a valid labels pickle ({detail})") from None
+def _classes_of(obj: Any, label: str) -> list[Any]:
+    """The class names inside what the unpickler returned (LabelBinarizer, array or list)."""
     if isinstance(obj, _EstimatorStub):
         classes = obj.__dict__.get("classes_")
         if classes is None:
@@ -322,17 +352,54 @@ def _names_from_pickle(data: bytes, label: str) -> list[Any]:
     if isinstance(classes, np.ndarray):
         if classes.ndim != 1:
             raise InputError(f"{label}: classes_ has shape {classes.shape}; expected a 1-D array")
+        _check_count(len(classes), label)
         return classes.tolist()
     if isinstance(classes, (list, tuple)):
+        _check_count(len(classes), label)
         return list(classes)
     raise InputError(f"{label}: the pickle holds no label names (got {type(obj).__name__})")
 
 
+def _names_from_pickle(data: bytes, label: str) -> list[str]:
+    """Names from a pickle; every way the bytes can be malformed is one ``InputError``."""
+    try:
+        obj = _SafeUnpickler(io.BytesIO(data)).load()
+        # Converting what the file holds can fail too: a corrupted UCS-4 array holds a code
+        # point above U+10FFFF (numpy raises SystemError or ValueError in tolist()), an int
+        # can be too long to print. All of it is decoding untrusted bytes.
+        return _clean(_classes_of(obj, label), label)
+    except InputError:
+        raise
+    except _Refused as err:
+        raise InputError(f"{label}: labels file refers to {err}; refusing to load") from None
+    except RecursionError:
+        raise InputError(f"{label}: not a valid labels pickle (nested too deeply)") from None
+    except Exception as err:  # noqa: BLE001  every malformed-pickle error means the same to a user
+        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise InputError(f"{label}: not a valid labels pickle ({detail})") from None
+
+
+#: Every character ``str.splitlines`` breaks a line at.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def _names_from_text(text: str, label: str) -> list[Any]:
+    breaks = sum(text.count(c) for c in _LINE_BREAKS)  # C-speed upper bound on the lines
+    if breaks >= MAX_LABELS_LINES:
+        raise InputError(
+            f"{label}: more than {MAX_LABELS_LINES} lines; a labels file has one line a class "
+            f"(at most {MAX_CLASSES})"
+        )
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     indexed = [re.match(r"^(\d+)\s*[\s,:;=]\s*(.+)$", ln) for ln in lines]
     if lines and all(indexed):
+        for m in indexed:
+            if m and len(m.group(1)) > MAX_INDEX_DIGITS:
+                raise InputError(
+                    f"{label}: class index {m.group(1)[:12]}... has {len(m.group(1))} digits; "
+                    f"indexes run 0..{MAX_CLASSES} ({MAX_INDEX_DIGITS} digits at most)"
+                )
         pairs = [(int(m.group(1)), m.group(2).strip()) for m in indexed if m]
         idx = sorted(i for i, _ in pairs)
         base = idx[0]
@@ -344,11 +411,63 @@ def _names_from_text(text: str, label: str) -> list[Any]:
     return lines
 
 
+def _check_count(count: int, label: str) -> None:
+    if count > MAX_CLASSES:
+        raise InputError(f"{label}: {count} classes; at most {MAX_CLASSES} are supported")
+
+
+def _int_digits_ok(value: int) -> bool:
+    """True if ``value`` has at most MAX_INT_DIGITS decimal digits (checked without str())."""
+    return abs(value) < 10**MAX_INT_DIGITS
+
+
+#: A JSON string literal (escapes included); removed before brackets and commas are counted.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _json_int(digits: str) -> int:
+    """json's ``parse_int`` hook: refuse an over-long integer before converting it."""
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(digits)} digits; at most {MAX_INT_DIGITS}")
+    return int(digits)
+
+
+def _names_from_json(text: str, label: str) -> list[Any]:
+    """A flat JSON list, checked on the text (depth, count) before json parses it."""
+    skeleton = _JSON_STRING.sub('""', text)
+    opened = skeleton.count("[") + skeleton.count("{")
+    if opened > MAX_JSON_DEPTH or skeleton.count("{"):
+        raise InputError(
+            f"{label}: JSON labels must be a list of names, one level deep (a nested list or "
+            "object is not a name)"
+        )
+    if skeleton.count(",") >= MAX_CLASSES:
+        raise InputError(
+            f"{label}: more than {MAX_CLASSES} entries; that many classes are not supported"
+        )
+    del skeleton
+    try:
+        obj = json.loads(text, parse_int=_json_int)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{label}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except (ValueError, RecursionError) as err:
+        raise InputError(f"{label}: unusable JSON ({str(err)[:120]})") from None
+    if not isinstance(obj, list):
+        raise InputError(f"{label}: JSON labels must be a list of names")
+    return obj
+
+
 def _clean(names: Iterable[Any], label: str) -> list[str]:
+    names = list(names)
+    _check_count(len(names), label)
     out: list[str] = []
     for i, raw in enumerate(names):
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
+        if isinstance(raw, int) and not isinstance(raw, bool) and not _int_digits_ok(raw):
+            raise InputError(
+                f"{label}: class {i} is an integer of more than {MAX_INT_DIGITS} digits"
+            )
         if isinstance(raw, bool) or raw is None:
             name = str(raw)
         elif isinstance(raw, (str, int, float, np.generic)):
@@ -360,8 +479,6 @@ def _clean(names: Iterable[Any], label: str) -> list[str]:
         if len(name) > MAX_NAME_LEN or any(ord(c) < 32 for c in name):
             raise InputError(f"{label}: class {i} has an unusable name {name[:40]!r}")
         out.append(name)
-    if len(out) > MAX_CLASSES:
-        raise InputError(f"{label}: {len(out)} classes; at most {MAX_CLASSES} are supported")
     seen: dict[str, int] = {}
     for i, name in enumerate(out):
         if name in seen:
@@ -386,24 +503,22 @@ def load_labels(source: str | Path | bytes, name: str | None = None) -> list[str
     else:
         path = Path(source)
         ext = path.suffix.lower()
-        if not path.is_file():
-            raise InputError(f"{label}: labels file not found")
-        if path.stat().st_size > MAX_LABELS_BYTES:
-            raise InputError(f"{label}: labels file is larger than {MAX_LABELS_BYTES} bytes")
-        data = path.read_bytes()
+        data = read_input_file(path, "labels", label, max_bytes=MAX_LABELS_BYTES)
     if len(data) > MAX_LABELS_BYTES:
-        raise InputError(f"{label}: labels file is larger than {MAX_LABELS_BYTES} bytes")
+        raise InputError(
+            f"{label}: labels file is {len(data)} bytes; the limit is {MAX_LABELS_BYTES} bytes"
+        )
     if not data.strip():
         raise InputError(f"{label}: labels file is empty")
 
     if data[:1] == b"\x80":
-        return _clean(_names_from_pickle(data, label), label)
+        return _names_from_pickle(data, label)
     try:
         inflated = _bounded_decompress(data)
     except InputError as err:
         raise InputError(f"{label}: {err}") from None
     if inflated is not None:
-        return _clean(_names_from_pickle(inflated, label), label)
+        return _names_from_pickle(inflated, label)
     if data[:2] == b"ZF":
         raise InputError(f"{label}: joblib file from before joblib 0.9.3; re-save it")
     if ext in _PICKLE_EXTS:
@@ -420,13 +535,7 @@ def load_labels(source: str | Path | bytes, name: str | None = None) -> list[str
         raise InputError(f"{label}: unknown format: binary data in a text labels file")
     stripped = text.lstrip()
     if stripped.startswith("[") or ext == ".json":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{label}: invalid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(obj, list):
-            raise InputError(f"{label}: JSON labels must be a list of names")
-        return _clean(obj, label)
+        return _clean(_names_from_json(text, label), label)
     return _clean(_names_from_text(text, label), label)
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import io
 import math
+import pickletools
+import struct
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from aslquant.errors import InputError, read_input_file
+from aslquant.errors import HEAD_BYTES, InputError, read_input_file
+from aslquant.labels import MAX_CLASSES
+from aslquant.zipdir import read_directory
 
 #: The layers that hold weights, in forward order. Every per-layer table uses these names.
 LAYER_NAMES: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
@@ -89,6 +93,176 @@ FUSE_GROUPS: list[list[str]] = [
 ]
 
 
+#: Largest checkpoint file read. A 10,000-class CustomCNN in float32 is about 11 MB; the cap
+#: leaves room for float64 weights or an optimizer state saved alongside, and keeps the bytes
+#: plus the tensors torch.load makes from them (about twice the file) well under 300 MB.
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
+#: Most records (files) in a torch.save zip: one per tensor storage plus six of bookkeeping.
+MAX_CHECKPOINT_RECORDS = 4096
+#: Largest central directory of a checkpoint zip (a record's entry is ~100 bytes).
+MAX_CHECKPOINT_DIRECTORY_BYTES = 1024 * 1024
+#: Largest pickle in a checkpoint (``data.pkl``, or a legacy file's pickles). It holds only
+#: names and tensor headers (~150 bytes a tensor; the demo's is 1,342 bytes). torch reads it
+#: with a pure-Python unpickler: 1 MiB is under a second and a few tens of MB at worst.
+MAX_CHECKPOINT_PICKLE_BYTES = 1024 * 1024
+#: Most bytes the tensors of a state_dict may span once loaded (numel x element size, summed):
+#: a view that repeats one stored element (stride 0) cannot make a small file a huge tensor.
+MAX_STATE_DICT_TENSOR_BYTES = MAX_CHECKPOINT_BYTES
+#: Most classes a checkpoint may have (fc2 outputs); the same limit as a labels file.
+MAX_CHECKPOINT_CLASSES = MAX_CLASSES
+#: Tensor dtypes a state_dict may hold: plain float and integer types. float8, complex,
+#: quantized, bool and the rest are refused by name.
+ACCEPTED_DTYPES: frozenset[torch.dtype] = frozenset(
+    {
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+    }
+)
+#: A torch.save zip is "PK\x03\x04"; a legacy (torch < 1.6) checkpoint is a bare pickle.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+#: torch.save stores every record uncompressed (method 0); anything else could inflate.
+_ZIP_STORED = 0
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header (30 bytes)
+
+
+def _check_checkpoint_head(head: bytes, label: str) -> None:
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        raise InputError(
+            f"{label}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle)"
+        )
+
+
+def check_torch_archive(data: bytes, label: str) -> None:
+    """Refuse a torch.save zip that could make ``torch.load`` use more than the file's size.
+
+    Checked from the central directory before torch reads anything: at most
+    ``MAX_CHECKPOINT_RECORDS`` records, the end record exactly at the end of the file with no
+    prefix or comment, every record stored (DEFLATE and other methods refused: torch's reader
+    would inflate them to their declared size), declared sizes equal to stored sizes and
+    summing to at most ``MAX_CHECKPOINT_BYTES``, every record's data inside the file, and the
+    pickle at most ``MAX_CHECKPOINT_PICKLE_BYTES``.
+    """
+    fh = io.BytesIO(data)
+    end, records = read_directory(
+        fh,
+        label,
+        max_entries=MAX_CHECKPOINT_RECORDS,
+        max_directory_bytes=MAX_CHECKPOINT_DIRECTORY_BYTES,
+    )
+    exact_end = end.comment_length == 0 and end.records_end == len(data)
+    if end.prefix != 0 or not exact_end or end.entries != len(records):
+        raise InputError(
+            f"{label}: not a torch.save archive (data before or after the zip, or a directory "
+            f"that disagrees with its end record)"
+        )
+    declared = 0
+    for record in records:
+        name = record.name
+        if record.method != _ZIP_STORED:
+            raise InputError(
+                f"{label}: record {name!r} is compressed (zip method {record.method}, "
+                f"{record.compressed_size} bytes declaring {record.size}); torch.save stores "
+                "records uncompressed, and compressed ones are refused"
+            )
+        if record.compressed_size != record.size:
+            raise InputError(
+                f"{label}: record {name!r} declares {record.size} bytes but stores "
+                f"{record.compressed_size}"
+            )
+        if record.flags & 0x1:
+            raise InputError(f"{label}: record {name!r} is encrypted")
+        declared += record.size
+        if declared > MAX_CHECKPOINT_BYTES:
+            raise InputError(
+                f"{label}: records declare more than {MAX_CHECKPOINT_BYTES} bytes in total"
+            )
+        if (name == "data.pkl" or name.endswith("/data.pkl")) and (
+            record.size > MAX_CHECKPOINT_PICKLE_BYTES
+        ):
+            raise InputError(
+                f"{label}: its pickle {name!r} is {record.size} bytes; the limit is "
+                f"{MAX_CHECKPOINT_PICKLE_BYTES} bytes (a state_dict's is a few kB)"
+            )
+        header = data[record.local_offset : record.local_offset + _LOCAL_HEADER.size]
+        if len(header) != _LOCAL_HEADER.size or header[:4] != _ZIP_MAGIC:
+            raise InputError(f"{label}: record {name!r} has no local header where listed")
+        fields = _LOCAL_HEADER.unpack(header)
+        data_start = record.local_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        if fields[3] != _ZIP_STORED or data_start + record.size > end.directory_start:
+            raise InputError(f"{label}: record {name!r} lies outside the archive's data")
+
+
+def _check_legacy_pickles(data: bytes, label: str) -> None:
+    """Bound a legacy checkpoint's pickles (magic, version, sys info, object, storage keys)."""
+    fh = io.BytesIO(data)
+    try:
+        for _ in range(5):
+            for _op, _arg, pos in pickletools.genops(fh):
+                if pos is not None and pos > MAX_CHECKPOINT_PICKLE_BYTES:
+                    raise InputError(
+                        f"{label}: its pickle is larger than {MAX_CHECKPOINT_PICKLE_BYTES} bytes "
+                        "(a state_dict's is a few kB)"
+                    )
+            if fh.tell() >= len(data):
+                break
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001  any malformed opcode means the same to a user
+        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise InputError(
+            f"{label}: not a PyTorch checkpoint (malformed pickle{': ' + detail if detail else ''})"
+        ) from None
+
+
+def _describe_unaccepted(tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` is not a plain dense CPU float/int tensor, or None if it is."""
+    if type(tensor) not in (torch.Tensor, nn.Parameter):
+        return f"a {type(tensor).__name__} (a tensor subclass)"
+    if tensor.is_nested:
+        return "a nested tensor"
+    if tensor.layout != torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor (not dense)"
+    if tensor.device.type != "cpu":
+        return f"a {tensor.device.type} tensor"  # e.g. meta: shapes without data
+    if tensor.dtype not in ACCEPTED_DTYPES:
+        return f"a {str(tensor.dtype).removeprefix('torch.')} tensor"
+    return None
+
+
+def check_tensors(state: dict, label: str = "checkpoint") -> None:
+    """Accept only str keys and plain dense CPU float/int tensors, within the size bound.
+
+    Refuses with one line naming the key and its dtype or layout: float8, complex, quantized,
+    bool, sparse (COO/CSR/CSC/BSR/BSC), nested, meta and tensor subclasses. The element bytes
+    of all tensors together must stay under ``MAX_STATE_DICT_TENSOR_BYTES``.
+    """
+    total = 0
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise InputError(f"{label}: a state_dict key is a {type(key).__name__}, not a name")
+        if not isinstance(value, torch.Tensor):
+            continue  # reported by the caller with the other non-tensor entries
+        why = _describe_unaccepted(value)
+        if why is not None:
+            raise InputError(
+                f"{label}: {key} is {why}; only plain dense float or integer tensors are accepted"
+            )
+        total += value.numel() * value.element_size()
+        if total > MAX_STATE_DICT_TENSOR_BYTES:
+            raise InputError(
+                f"{label}: its tensors span more than {MAX_STATE_DICT_TENSOR_BYTES} bytes "
+                f"once loaded (at {key}, shape {list(value.shape)})"
+            )
+
+
 def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     """Find the state_dict inside what torch.load returned, or say why there is none."""
     if isinstance(obj, dict):
@@ -106,41 +280,69 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
         raise InputError(
             f"{source}: expected a state_dict (a dict of tensor names to tensors), got {kind}"
         )
+    check_tensors(obj, source)
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise InputError(
             f"{source}: expected a state_dict of tensors; entries {bad[:4]} are not tensors"
         )
     # DataParallel / DistributedDataParallel checkpoints prefix every key with "module.".
-    if all(str(k).startswith("module.") for k in obj):
-        obj = OrderedDict((str(k)[len("module.") :], v) for k, v in obj.items())
+    if all(k.startswith("module.") for k in obj):
+        obj = OrderedDict((k[len("module.") :], v) for k, v in obj.items())
     return dict(obj)
 
 
 def read_state_dict(source: str | Path | bytes, name: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a checkpoint with ``weights_only=True`` (no code from the file ever runs)."""
+    """Read a checkpoint with ``weights_only=True`` (no code from the file ever runs).
+
+    Bounded before any work: the file is at most ``MAX_CHECKPOINT_BYTES`` (checked with
+    ``fstat`` before reading) and starts like a torch.save zip or a pickle; a zip passes
+    ``check_torch_archive`` and a legacy pickle ``MAX_CHECKPOINT_PICKLE_BYTES`` before
+    ``torch.load``; what it returns passes ``check_tensors``.
+    """
     label = name or (str(source) if not isinstance(source, bytes) else "checkpoint")
-    data = source if isinstance(source, bytes) else read_input_file(source, "checkpoint", label)
-    if not data:
-        raise InputError(f"{label}: checkpoint file is empty")
-    # torch.save writes a zip archive; very old torch versions wrote a bare pickle.
-    if not (data.startswith(b"PK\x03\x04") or data.startswith(b"\x80")):
-        raise InputError(
-            f"{label}: not a PyTorch checkpoint (neither a torch.save zip nor a pickle)"
+
+    def check_head(head: bytes) -> None:
+        _check_checkpoint_head(head, label)
+
+    if isinstance(source, bytes):
+        data = source
+        if not data:
+            raise InputError(f"{label}: checkpoint file is empty")
+        if len(data) > MAX_CHECKPOINT_BYTES:
+            raise InputError(
+                f"{label}: checkpoint file is {len(data)} bytes; "
+                f"the limit is {MAX_CHECKPOINT_BYTES} bytes"
+            )
+        check_head(data[:HEAD_BYTES])
+    else:
+        data = read_input_file(
+            source, "checkpoint", label, max_bytes=MAX_CHECKPOINT_BYTES, check_head=check_head
         )
+    if data.startswith(_ZIP_MAGIC):
+        check_torch_archive(data, label)
+    else:
+        _check_legacy_pickles(data, label)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return _unwrap(obj, label)
+    except InputError:
+        raise
+    except RecursionError:
+        raise InputError(
+            f"{label}: not a usable checkpoint (containers nested too deeply)"
+        ) from None
     except Exception as err:  # torch raises many types here; all mean "not a safe state_dict"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
             hint = "it contains Python objects, not only tensors (a whole pickled model?); save model.state_dict() instead"
             raise InputError(f"{label}: refusing to load: {hint}") from None
         raise InputError(f"{label}: not a PyTorch checkpoint ({first[:160]})") from None
-    return _unwrap(obj, label)
 
 
 def validate_state_dict(state: dict[str, torch.Tensor], label: str = "checkpoint") -> int:
     """Check keys and shapes against the seed architecture; return the class count (from fc2)."""
+    check_tensors(state, label)
     missing = [k for k in _EXPECTED_SHAPES if k not in state]
     unexpected = [k for k in state if k not in _EXPECTED_SHAPES]
     if missing or unexpected:
@@ -152,6 +354,11 @@ def validate_state_dict(state: dict[str, torch.Tensor], label: str = "checkpoint
             parts.append(f"unexpected {shown}")
         raise InputError(f"{label}: not a CustomCNN state_dict: " + "; ".join(parts))
     num_classes = int(state["fc2.weight"].shape[0])
+    if num_classes > MAX_CHECKPOINT_CLASSES:
+        raise InputError(
+            f"{label}: fc2 has {num_classes} outputs; at most {MAX_CHECKPOINT_CLASSES} classes "
+            "are supported"
+        )
     wrong = []
     for key, shape in _EXPECTED_SHAPES.items():
         want = tuple(num_classes if s is None else s for s in shape)

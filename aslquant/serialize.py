@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from aslquant.errors import InputError, read_input_file
+from aslquant.model import MAX_CHECKPOINT_BYTES, check_torch_archive
 
 FORMAT = "aslquant.packed-state-dict"
 VERSION = 1
@@ -327,10 +328,13 @@ def _unpack(packed: Any, label: str) -> OrderedDict:
             if isinstance(key, str) and key.startswith(_BLOB_PREFIX):
                 _need(
                     isinstance(value, torch.Tensor)
+                    and not value.is_nested
+                    and value.layout == torch.strided
+                    and value.device.type == "cpu"
                     and value.dim() == 1
                     and not value.is_quantized
                     and value.dtype == _DTYPES.get(key[len(_BLOB_PREFIX) :]),
-                    f"{key} is not a 1-D tensor of that dtype",
+                    f"{key} is not a dense 1-D CPU tensor of that dtype",
                 )
                 blobs[key[len(_BLOB_PREFIX) :]] = value
         state: OrderedDict = OrderedDict()
@@ -394,11 +398,20 @@ def load_packed(path: str | Path) -> dict:
     raises ``InputError`` with one line naming the file and what is wrong.
     """
     label = str(path)
-    data = read_input_file(path, "packed state_dict")
-    if not data.startswith(b"PK\x03\x04"):
-        raise InputError(f"{label}: not a packed state_dict (not a torch.save zip archive)")
+
+    def check_head(head: bytes) -> None:
+        if not head.startswith(b"PK\x03\x04"):
+            raise InputError(f"{label}: not a packed state_dict (not a torch.save zip archive)")
+
+    # The checkpoint loader's bounds: size cap before reading, zip directory before torch.load.
+    data = read_input_file(
+        path, "packed state_dict", label, max_bytes=MAX_CHECKPOINT_BYTES, check_head=check_head
+    )
+    check_torch_archive(data, label)
     try:
         packed = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except RecursionError:
+        raise InputError(f"{label}: unreadable (containers nested too deeply)") from None
     except Exception as err:  # torch raises many types here; all mean "not a safe packed file"
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:

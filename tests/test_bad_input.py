@@ -65,6 +65,15 @@ def _case(tmp: Path, case: str) -> tuple[list[str], str]:
         sd["x"] = _Touch(marker)
         torch.save(sd, tmp / "m.pth")
         return ["--checkpoint", str(tmp / "m.pth")], "m.pth: refusing to load"
+    if case == "escape-in-name":
+        (tmp / "evil\x1b[2J\x1b[31m.pth").write_text("weights go here\n")
+        return (
+            ["--checkpoint", str(tmp / "evil\x1b[2J\x1b[31m.pth")],
+            "evil\\x1b[2J\\x1b[31m.pth: not a PyTorch checkpoint",
+        )
+    if case == "directory-checkpoint":
+        (tmp / "m.pth").mkdir()
+        return ["--checkpoint", str(tmp / "m.pth")], "m.pth: checkpoint file is a directory"
     if case == "other-architecture":
         torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)).state_dict(), tmp / "m.pth")
         return ["--checkpoint", str(tmp / "m.pth")], "not a CustomCNN state_dict: missing"
@@ -136,6 +145,7 @@ def _case(tmp: Path, case: str) -> tuple[list[str], str]:
 
 CASES = [
     "empty-checkpoint", "text-checkpoint", "full-pickled-model", "hostile-checkpoint",
+    "escape-in-name", "directory-checkpoint",
     "other-architecture", "class-count-mismatch", "one-channel-checkpoint", "nan-weights",
     "duplicate-labels", "empty-label", "unknown-labels-format", "hostile-labels",
     "missing-folder", "no-images", "one-class", "folders-not-matching-labels",
@@ -155,6 +165,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     assert code == 2, err
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and expected in err, err
+    assert "\x1b" not in err  # a terminal escape in a file name is shown, not obeyed
     assert not (tmp_path / "marker").exists()
     assert not (out / "report.json").exists()
     # Nothing escaped the extraction folder.

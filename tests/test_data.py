@@ -51,6 +51,7 @@ def _rgb(r: np.ndarray, g: int, b: int) -> Image.Image:
     [
         {"input_size": 67},
         {"input_size": 1025},
+        {"input_size": 513},
         {"input_size": "224"},
         {"input_size": True},
         {"scale": 2},
@@ -64,6 +65,39 @@ def _rgb(r: np.ndarray, g: int, b: int) -> Image.Image:
 def test_preprocess_validation(kwargs: dict) -> None:
     with pytest.raises(InputError, match="preprocessing"):
         Preprocess(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"mean": (0.5, 0.5, 0.5), "std": (1e-300, 0.2, 0.2)}, "std [1e-300, 0.2, 0.2] must be"),
+        ({"mean": (0.5, 0.5, 0.5), "std": (1e-7, 0.2, 0.2)}, "at least 1e-06 in float32"),
+        ({"mean": (0.5, 0.5, 0.5), "std": (-0.2, 0.2, 0.2)}, "at least 1e-06"),
+        ({"mean": (0.5, 0.5, 0.5), "std": (1e39, 0.2, 0.2)}, "as float32 it is [inf"),
+        ({"mean": (1e39, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}, "outside -1000..1000"),
+        ({"mean": (5000, 0.5, 0.5), "std": (0.2, 0.2, 0.2)}, "mean [5000.0, 0.5, 0.5]"),
+        ({"input_size": 1024}, "needs about 289 MB of activations per image"),
+    ],
+)
+def test_preprocess_bounds_checked_in_float32(kwargs: dict, needle: str) -> None:
+    # float64 would accept all of these; in float32 they overflow or vanish (issue 14).
+    with pytest.raises(InputError, match="preprocessing") as err:
+        Preprocess(**kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_preprocess_extremes_within_bounds_give_finite_tensors() -> None:
+    white = Image.new("RGB", (68, 68), (255, 255, 255))
+    pp = Preprocess(input_size=68, scale=255, mean=(-1000, 0, 1000), std=(1e-6, 1e-6, 1e-6))
+    assert torch.isfinite(pp.apply(white)).all()
+    assert Preprocess(input_size=data.MAX_INPUT_SIZE).input_size == 512
+    assert data.activation_bytes(224) == 4 * (
+        3 * 224**2
+        + 16 * (2 * 220**2 + 110**2)
+        + 32 * (2 * 106**2 + 53**2)
+        + 64 * (2 * 51**2 + 25**2)
+        + 128 * (2 * 21**2 + 10**2)
+    )
 
 
 def test_preprocess_dict_round_trip() -> None:
@@ -235,7 +269,6 @@ def test_decompression_bombs_refused_quickly() -> None:
         with pytest.raises(InputError, match="pixel limit"):
             open_image(_png_header_only(w, h), name="bomb.png")
         assert time.perf_counter() - start < 1.0
-    assert Image.MAX_IMAGE_PIXELS == data.MAX_IMAGE_PIXELS
 
 
 def test_unusable_images(tmp_path: Path) -> None:
@@ -381,10 +414,10 @@ def test_zip_slip_refused_and_nothing_written(tmp_path: Path, member: str) -> No
 
 def test_zip_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     z = _evil_zip(tmp_path / "many.zip", [f"A/x{i}.jpg" for i in range(6)])
-    monkeypatch.setattr(data, "MAX_ZIP_FILES", 5)
-    with pytest.raises(InputError, match="8 files; the limit is 5"):
+    monkeypatch.setattr(data, "MAX_ZIP_MEMBERS", 5)
+    with pytest.raises(InputError, match="8 entries .files and folders.; the limit is 5"):
         load_image_set(z, ["A", "B"])
-    monkeypatch.setattr(data, "MAX_ZIP_FILES", 100)
+    monkeypatch.setattr(data, "MAX_ZIP_MEMBERS", 100)
     monkeypatch.setattr(data, "MAX_ZIP_BYTES", 100)
     with pytest.raises(InputError, match="the limit is 100 bytes"):
         load_image_set(z, ["A", "B"])
