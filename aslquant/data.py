@@ -45,6 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from aslquant.errors import InputError, UnreadableFile, read_regular_file
 from aslquant.model import MIN_INPUT_SIZE
 from aslquant.pixelcache import PIXELS, Unreadable
+from aslquant.runtime import cache_root
 from aslquant.zipdir import read_directory
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -621,11 +622,6 @@ def _scan_folder(root: Path, class_names: list[str], label: str) -> tuple[str, P
     return layout, base, found, walker.skipped
 
 
-def _cache_root() -> Path:
-    env = os.environ.get("ASLQUANT_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "aslquant"
-
-
 def sha256_file(path: str | Path) -> str:
     """SHA-256 of a file's bytes, read in 1 MiB chunks (cache keys everywhere use this)."""
     h = hashlib.sha256()
@@ -780,7 +776,7 @@ def _make_room(zips: Path, needed: int, label: str) -> None:
 def _extract_zip(path: Path, label: str) -> tuple[Path, str, list[tuple[str, str]]]:
     """Extract image members of a zip into the cache; returns (files root, sha256, skipped)."""
     digest = sha256_file(path)
-    home = _cache_root() / "zips" / digest[:32]
+    home = cache_root() / "zips" / digest[:32]
     manifest = home / "manifest.json"
     if manifest.is_file():
         try:

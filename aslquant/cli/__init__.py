@@ -21,17 +21,26 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_GATE = 0, 2, 3
 EXIT_DROP = EXIT_GATE
 
 
+#: Whether progress goes to stderr when it is not a terminal (set by ``--verbose``): by default
+#: a failing command prints exactly one line there, the error.
+_VERBOSE = False
+
+
 class ProgressBar:
-    """A one-line progress bar on stderr (a line per stage when stderr is not a terminal)."""
+    """A one-line progress bar on stderr when it is a terminal; a line per stage otherwise,
+    only with ``--verbose`` (so an error is the only line a script or CI log sees)."""
 
     def __init__(self, stream=None, width: int = 30) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
         self.tty = self.stream.isatty()
+        self.silent = not self.tty and not _VERBOSE
         self.stage: str | None = None
         self.start = time.perf_counter()
 
     def __call__(self, stage: str, fraction: float) -> None:
+        if self.silent:
+            return
         fraction = min(1.0, max(0.0, fraction))
         elapsed = time.perf_counter() - self.start
         if self.tty:
@@ -80,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     delegated = tools.delegate(argv)
     if delegated is not None:
         return _guard(delegated, verbose=False)
-    verbose = "--verbose" in argv
+    global _VERBOSE
+    verbose = _VERBOSE = "--verbose" in argv
     parser = build_parser()
 
     def run() -> int:
