@@ -15,8 +15,10 @@ too. What it sets, and why:
   convolutions; without it the graph dequantizes every weight on every call (measured 6.4 ms vs
   2.8 ms at batch 1). It must be the global setting: passed as a torch.compile option the prepack
   op is left in the graph and lowering fails.
-* where compilers and runtimes may write: Inductor's cache and Python's temporary folder point
-  inside aslquant's cache folder, so a run writes nothing outside its output and cache folders.
+* where compilers and runtimes may write: Inductor's cache, Python's temporary folder and the
+  XDG cache folder (where ONNX Runtime keeps its telemetry files; telemetry is switched off)
+  point inside aslquant's cache folder, so a run writes nothing outside its output and cache
+  folders.
 
 ``release_memory()`` hands memory freed by a run back to the operating system.
 """
@@ -66,6 +68,10 @@ def _writable_places(root: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor)
     os.environ["TMPDIR"] = str(tmp)
+    # ONNX Runtime keeps a telemetry device id and database under the home folder's cache
+    # ($XDG_CACHE_HOME/Microsoft/DeveloperTools): telemetry off, and that folder inside ours.
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    os.environ["XDG_CACHE_HOME"] = str(root / "xdg")
     tempfile.tempdir = str(tmp)  # tempfile caches gettempdir(); reset it to the new folder
 
 
