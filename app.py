@@ -15,6 +15,7 @@ PAGES = [
     ("pages/model.py", "Model", ":material/memory:"),
     ("pages/quantize.py", "Quantize", ":material/tune:"),
     ("pages/layers.py", "Layers", ":material/stacked_bar_chart:"),
+    ("pages/doctor.py", "Doctor", ":material/healing:"),
     ("pages/compare.py", "Compare", ":material/compare_arrows:"),
     ("pages/predict.py", "Predict", ":material/back_hand:"),
     ("pages/export.py", "Export", ":material/download:"),

@@ -206,3 +206,17 @@ def report_texts(result: RunResult, layers: list, onnx: dict | None) -> dict:
     if onnx is not None:
         sections["onnx"] = onnx
     return render_run_reports(report_dict(result, sections))
+
+
+def doctor(result: RunResult, target_drop: float | None, seeds: int) -> Job:
+    """The doctor's examination of a run's recipe (shared across sessions by its job)."""
+    from aslquant import doctor as doctor_mod
+
+    return service.analysis_job(
+        "doctor",
+        result,
+        [target_drop, seeds],
+        lambda progress: doctor_mod.examine(
+            result.config, target_drop, seeds=seeds, progress=progress, fp32=result.baseline
+        ),
+    )
