@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from aslquant.errors import InputError
 from aslquant.methods import METHODS
 from aslquant.model import LAYER_NAMES
+from aslquant.present import format as fmt
+from aslquant.present import tables
+from aslquant.present.markup import md_code_span, md_text
 from aslquant.recipe import (
     ACT_OBSERVERS,
     BACKENDS,
@@ -16,6 +18,7 @@ from aslquant.recipe import (
     WEIGHT_OBSERVERS,
     QuantRecipe,
 )
+from aslquant.report import run_summary
 from aslquant.ui import state
 
 st.title("Quantize")
@@ -135,7 +138,7 @@ with state.guard("the Quantize page"):
             qat_epochs=int(qat_epochs),
         )
         config = src.config(recipe, eval_images=int(eval_images) or None)
-        st.caption(f"Recipe: **{recipe.describe()}** · images from `{src.data}`")
+        st.caption(f"Recipe: **{recipe.describe()}** · images from {md_code_span(src.data)}")
     except InputError as err:
         st.error(str(err))
 
@@ -143,7 +146,9 @@ with state.guard("the Quantize page"):
         state.remember_recipe(recipe)
         entry = state.quantize_with_progress(config)
         # Rerun so the sidebar (drawn before this page) lists the new run too.
-        st.session_state["aslquant_flash"] = f"Run {entry.label} done in {entry.seconds:.1f} s."
+        st.session_state["aslquant_flash"] = (
+            f"Run {entry.label} done in {fmt.number(entry.seconds, 1)} s."
+        )
         st.rerun()
     flash = st.session_state.pop("aslquant_flash", None)
     if flash:
@@ -155,64 +160,26 @@ with state.guard("the Quantize page"):
         st.subheader(f"Summary: {entry.label}")
         state.show_summary(entry)
         r = entry.result
-
-        def column(m) -> list[str]:
-            lat = m.latency_ms
-            return [
-                f"{100 * m.accuracy:.2f}%",
-                f"{100 * m.top5:.2f}%",
-                state.fmt_bytes(m.size_bytes),
-                state.fmt_bytes(m.torchscript_bytes),
-                f"{lat['b1_p50']:.2f} / {lat['b1_p95']:.2f}",
-                f"{lat['b32_p50']:.2f} / {lat['b32_p95']:.2f}",
-            ]
-
-        detail = pd.DataFrame(
-            {"FP32": column(r.fp32), "quantized": column(r.int8)},
-            index=[
-                "top-1 accuracy",
-                "top-5 accuracy",
-                "size (packed state_dict)",
-                "size (TorchScript)",
-                "latency batch 1 p50 / p95 (ms)",
-                "latency batch 32 p50 / p95 (ms)",
-            ],
+        st.dataframe(
+            tables.summary_table(run_summary(r)).to_frame(), hide_index=True, width="stretch"
         )
-        st.dataframe(detail, width="stretch")
         st.caption(
             f"Evaluated on {r.n_eval} images, calibrated on {r.n_calib}; latency over "
             f"{r.config.latency_runs} timed calls after warm-up, {r.threads} threads. "
-            f"Run key `{r.key}`; took {entry.seconds:.1f} s."
+            f"Run key `{r.key}`; took {fmt.number(entry.seconds, 1)} s."
         )
         st.markdown("**Reproduce this run from the command line:**")
         st.code(r.config.cli_command(), language="bash")
         for note in r.notes:
-            st.caption(f"Note: {note}")
+            st.caption("Note: " + md_text(note))
         if r.skipped:
-            with st.expander(f"{len(r.skipped)} files skipped"):
-                st.dataframe(pd.DataFrame(r.skipped, columns=["file", "reason"]), hide_index=True)
+            skipped = tables.skipped_table(r.skipped, limit=len(r.skipped))
+            with st.expander(skipped.title):
+                st.dataframe(skipped.to_frame(), hide_index=True)
 
         st.subheader("Run history")
-        history = pd.DataFrame(
-            [
-                {
-                    "run": e.number,
-                    "recipe": e.result.config.recipe.describe(),
-                    "FP32 top-1 %": 100 * e.result.fp32.accuracy,
-                    "quantized top-1 %": 100 * e.result.int8.accuracy,
-                    "drop (points)": e.result.accuracy_drop_points,
-                    "agreement %": 100 * e.result.agreement,
-                    "size ratio": e.result.fp32.size_bytes / max(1, e.result.int8.size_bytes),
-                    "b1 speed-up": e.result.fp32.latency_ms["b1_p50"]
-                    / e.result.int8.latency_ms["b1_p50"],
-                    "b32 speed-up": e.result.fp32.latency_ms["b32_p50"]
-                    / e.result.int8.latency_ms["b32_p50"],
-                    "key": e.key,
-                }
-                for e in reversed(state.runs())
-            ]
-        )
-        st.dataframe(history.round(2), hide_index=True, width="stretch")
+        history = [{**run_summary(e.result), "run": e.number} for e in reversed(state.runs())]
+        st.dataframe(tables.runs_table(history).to_frame(), hide_index=True, width="stretch")
         st.caption(
             f"This session keeps the {state.MAX_RUNS} most recent runs; older ones are dropped. "
             "Pick the run the other pages show in the sidebar."

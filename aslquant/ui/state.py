@@ -403,29 +403,19 @@ def report_for(entry: RunEntry, onnx: dict | None = None) -> dict:
     """report.json content of a run, with the per-layer analysis (and ONNX numbers if given)."""
     from aslquant.report import report_dict
 
-    result = entry.result
-    # A shallow copy: the cached RunResult is shared by sessions and must stay untouched.
-    filled = dataclasses.replace(
-        result,
-        layers=layer_errors(entry.key, result),
-        onnx=onnx if onnx is not None else result.onnx,
-        extra=dict(result.extra),
+    # New values beside the run: the cached RunResult is shared by sessions and stays untouched.
+    return report_dict(
+        entry.result, {"layers": layer_errors(entry.key, entry.result), "onnx": onnx}
     )
-    return report_dict(filled)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def report_texts(key: str, with_onnx: bool, _entry: RunEntry, _onnx: dict | None) -> dict:
-    """report.json / report.md / report.html of a run as text (built once per run key)."""
-    from aslquant.report import report_markdown
-    from aslquant.report_html import report_html
+    """report.json / report.md / report.html of a run as text: the same function renders them
+    for the CLI's files (built once per run key)."""
+    from aslquant.report import run_report_texts
 
-    report = report_for(_entry, _onnx if with_onnx else None)
-    return {
-        "json": json.dumps(report, indent=2),
-        "md": report_markdown(report),
-        "html": report_html(report),
-    }
+    return run_report_texts(report_for(_entry, _onnx if with_onnx else None))
 
 
 # --- errors and progress -----------------------------------------------------------------------
@@ -553,16 +543,6 @@ def require_run() -> RunEntry | None:
     return None
 
 
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
-
-
-def _times(ratio: float) -> str:
-    return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
-
-
 def onnx_fp32(result: RunResult) -> dict | None:
     """ONNX Runtime FP32 figures of the run's model: a dict, {"error": ...}, or None (pending)."""
     return result.baseline.onnx_fp32 if result.baseline is not None else None
@@ -570,43 +550,53 @@ def onnx_fp32(result: RunResult) -> dict | None:
 
 def show_summary(entry: RunEntry) -> None:
     """Summary cards: accuracy with delta, size ratio, speed-ups against both FP32 baselines
-    (torch eager and ONNX Runtime, so nobody is shown only the flattering one), agreement."""
+    (torch eager and ONNX Runtime, so nobody is shown only the flattering one), agreement.
+    Latency cards read "pending" until the run's timing is in."""
+    from aslquant.present import format as fmt
+    from aslquant.present import tables
+    from aslquant.report import run_summary
+
     r = entry.result
-    f, q = r.fp32, r.int8
-    size_ratio = f.size_bytes / max(1, q.size_bytes)
-    b1 = f.latency_ms["b1_p50"] / q.latency_ms["b1_p50"]
+    summary = run_summary(r)
+    f, q = summary["fp32"], summary["int8"]
     ort = onnx_fp32(r)
     ort_ok = bool(ort) and "latency_ms" in ort
-    headline = f"**{size_ratio:.1f}x smaller, {_times(b1)} than torch FP32"
+    pending = fmt.PENDING if not r.timed else fmt.NA
+    headline = (
+        f"**{fmt.smaller(r.size_ratio)}, {fmt.speedup(r.speedup(1), none=pending)} than torch FP32"
+    )
     if ort_ok:
-        headline += f" and {_times(ort['latency_ms']['b1_p50'] / q.latency_ms['b1_p50'])} than ONNX Runtime FP32"
-    headline += f" at batch 1, {100 * r.agreement:.1f}% same answers**"
+        ort_b1 = r.speedup(1, against=ort["latency_ms"])
+        headline += f" and {fmt.speedup(ort_b1, none=pending)} than ONNX Runtime FP32"
+    headline += f" at batch 1, {fmt.percent(r.agreement, 1)} same answers**"
     st.markdown(headline + f" ({r.n_eval} test images, {r.threads} threads)")
-    drop = round(r.accuracy_drop_points, 2) + 0.0  # no "-0.00"
+    drop = r.accuracy_drop_points
+    changed = fmt.points(drop) != fmt.points(0)
     c = st.columns(5)
     c[0].metric(
         "Quantized top-1",
-        f"{100 * q.accuracy:.2f}%",
-        delta=f"{-drop:+.2f} pts" if drop else "no change",
-        delta_color="normal" if drop else "off",
-        delta_arrow="auto" if drop else "off",
-        delta_description=f"FP32 {100 * f.accuracy:.2f}%",
+        fmt.percent(q["accuracy"]),
+        delta=f"{fmt.points(-drop, signed=True)} pts" if changed else "no change",
+        delta_color="normal" if changed else "off",
+        delta_arrow="auto" if changed else "off",
+        delta_description=f"FP32 {fmt.percent(f['accuracy'])}",
         border=True,
     )
-    _card(
-        c[1],
-        "Size: x smaller",
-        f"{size_ratio:.2f}x",
-        f"{fmt_bytes(f.size_bytes)} → {fmt_bytes(q.size_bytes)}",
-    )
-    _speed_cards(c[2:4], "torch FP32", "torch", f.latency_ms, q.latency_ms)
-    _card(
-        c[4], "Same top-1", f"{100 * r.agreement:.2f}%", f"{len(r.flipped())} of {r.n_eval} flipped"
-    )
+    _, agreement, size, *speed = tables.summary_cards(summary)
+    _card(c[1], "Size: x smaller", fmt.ratio(r.size_ratio), size.note)
+    _speed_cards(c[2:4], "torch FP32", speed)
+    _card(c[4], "Same top-1", agreement.value, f"{len(r.flipped())} of {r.n_eval} flipped")
     c = st.columns(5)
     if ort_ok:
         c[0].caption("Speed-ups against the fastest FP32 a user has here:")
-        _speed_cards(c[2:4], "ONNX Runtime FP32", "ONNX RT", ort["latency_ms"], q.latency_ms)
+        ort_cards = tables.speedup_cards(
+            "ONNX RT FP32",
+            ort["latency_ms"],
+            q["latency_ms"],
+            r.speedup(1, against=ort["latency_ms"]),
+            r.speedup(32, against=ort["latency_ms"]),
+        )
+        _speed_cards(c[2:4], "ONNX Runtime FP32", ort_cards)
         c[4].caption(
             f"ONNX Runtime FP32 is the fastest FP32 a user has here ({ort['runtime']}, "
             f"{ort['threads']} threads, same timing rules)."
@@ -619,15 +609,15 @@ def show_summary(entry: RunEntry) -> None:
         )
 
 
-def _speed_cards(columns, baseline: str, short: str, base: dict, quant: dict) -> None:
-    for col, name, key in ((columns[0], "batch 1", "b1"), (columns[1], "batch 32", "b32")):
+def _speed_cards(columns, baseline: str, cards) -> None:
+    for col, card, batch in zip(columns, cards, (1, 32), strict=True):
         _card(
             col,
-            f"vs {short} FP32, {key}",  # a metric card shows ~20 characters of label
-            f"{base[f'{key}_p50'] / quant[f'{key}_p50']:.2f}x",
-            f"{base[f'{key}_p50']:.1f} → {quant[f'{key}_p50']:.1f} ms p50",
-            help=f"Speed-up at {name}: {baseline} median latency divided by the quantized "
-            "model's; above 1 is faster.",
+            card.title,  # a metric card shows ~20 characters of label
+            card.value,
+            card.note,
+            help=f"Speed-up at batch {batch}: {baseline} median latency divided by the "
+            "quantized model's; above 1 is faster.",
         )
 
 
