@@ -336,7 +336,7 @@ def skipped_table(rows: Iterable[Mapping | Sequence], limit: int = 50) -> Table:
     """Files that were not readable images: report.json ``skipped`` rows or (path, reason)."""
     pairs = [(r["path"], r["reason"]) if isinstance(r, Mapping) else tuple(r) for r in rows]
     return _table(
-        f"{len(pairs)} files skipped (not readable images)",
+        f"{len(pairs)} file{'' if len(pairs) == 1 else 's'} skipped (not readable images)",
         ["file", "reason"],
         pairs[:limit],
         [_shown("files", limit, len(pairs))],
