@@ -1,8 +1,11 @@
-"""RunResult -> report.json, report.md and report.html (the CLI's and the dashboard's output).
+"""A run or a sweep -> report.json, report.md, report.html (the CLI's and the dashboard's output).
 
-The JSON keys are a contract: tests and CI gates read them. The Markdown and HTML are for
-people. ``report_dict`` builds the content once from a run and its analysis sections (new values
-computed beside the run; the run itself is never changed); each file is written by one function,
+The JSON keys are a contract: tests and CI gates read them. ``report_dict`` builds the content
+once from a run and its analysis sections (new values computed beside the run; the run itself
+is never changed). report.md and report.html are rendered from that dict alone, through the
+tables and figures of ``aslquant.present``, so a report.json loaded later renders the same.
+``run_report_texts`` / ``sweep_report_texts`` give the three texts (the dashboard's Export page
+offers them for download); ``write_report_texts`` is the one function that writes them, each
 through a temporary file renamed into place, so a symlink planted in the output folder is
 replaced, never written through.
 """
@@ -13,18 +16,39 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aslquant import __version__
 from aslquant.errors import InputError
+from aslquant.present import figures, tables
+from aslquant.present.document import (
+    Block,
+    Bullets,
+    Cards,
+    CodeBlock,
+    Figure,
+    Heading,
+    Mono,
+    Strong,
+    paragraph,
+    section,
+    to_html,
+    to_markdown,
+)
 from aslquant.run import RunResult
 
+#: The files a report folder holds, by the key the text functions return them under.
+REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html"}
 
-def _clean(value):
-    """JSON-safe: NaN/Inf become None (JSON has no NaN), numpy scalars become Python."""
-    if isinstance(value, dict):
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: typed rows become dicts, NaN/Inf None (JSON has no NaN), numpy scalars Python."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
@@ -35,10 +59,29 @@ def _clean(value):
     return value
 
 
-def _ratio(fp32: Mapping | None, quant: Mapping | None, key: str) -> float | None:
-    if not fp32 or not quant or not quant.get(key):
-        return None
-    return fp32[key] / quant[key]
+def run_summary(result: RunResult) -> dict:
+    """The headline figures of a run, under their report.json keys (latency ratios None while
+    timing is pending). The run history and the summary cards are built from this."""
+    return _clean(
+        {
+            "run_key": result.key,
+            "recipe": result.config.recipe.describe(),
+            "fp32": result.fp32.to_dict(),
+            "int8": result.int8.to_dict(),
+            "size_ratio": result.size_ratio,
+            "latency_ratio_b1": result.speedup(1),
+            "latency_ratio_b32": result.speedup(32),
+            "accuracy_drop_points": result.accuracy_drop_points,
+            "agreement": result.agreement,
+            "n_eval": result.n_eval,
+            "n_calib": result.n_calib,
+            "threads": result.threads,
+            "latency_reliable": {
+                "fp32": result.fp32.latency_reliable,
+                "int8": result.int8.latency_reliable,
+            },
+        }
+    )
 
 
 def report_dict(
@@ -50,31 +93,15 @@ def report_dict(
     bit_sweep, ...); ``notes``: extra notes (skipped analyses, export notes).
     """
     sections = dict(sections or {})
-    f_lat, q_lat = result.fp32.latency_ms, result.int8.latency_ms
     report = {
         "aslquant_version": __version__,
-        "run_key": result.key,
         "config": result.config.to_dict(),
         "command": result.config.cli_command(),
-        "recipe": result.config.recipe.describe(),
         "class_names": result.class_names,
-        "fp32": result.fp32.to_dict(),
-        "int8": result.int8.to_dict(),
-        "size_ratio": result.fp32.size_bytes / max(1, result.int8.size_bytes),
-        "latency_ratio_b1": _ratio(f_lat, q_lat, "b1_p50"),
-        "latency_ratio_b32": _ratio(f_lat, q_lat, "b32_p50"),
-        "accuracy_drop_points": result.accuracy_drop_points,
-        "agreement": result.agreement,
-        "n_eval": result.n_eval,
-        "n_calib": result.n_calib,
-        "threads": result.threads,
+        **run_summary(result),
         "uncertainty": result.uncertainty.to_dict(),
         "per_class": result.per_class(),
         "per_class_drops": [row.to_dict() for row in result.per_class_drops()],
-        "latency_reliable": {
-            "fp32": result.fp32.latency_reliable,
-            "int8": result.int8.latency_reliable,
-        },
         "confusion": {
             "fp32": result.confusion_fp32.tolist(),
             "int8": result.confusion_int8.tolist(),
@@ -94,91 +121,152 @@ def report_dict(
     return _clean(report)
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def sweep_report(config, command: str, grid: Mapping[str, list], rows: list) -> dict:
+    """The report.json content of a configuration sweep."""
+    return _clean(
+        {
+            "aslquant_version": __version__,
+            "config": config.to_dict(),
+            "command": command,
+            "grid": dict(grid),
+            "sweep": rows,
+        }
+    )
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
+# --- the reports as blocks ---------------------------------------------------------------------
 
 
-def _mb(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 1e6:.3f} MB"
+def _reproduce(command: str) -> list[Block]:
+    return [paragraph("Reproduce with:"), CodeBlock(command)]
 
 
-def report_markdown(report: dict) -> str:
-    """Human-readable tables of a report dict (works from a loaded report.json too)."""
-    f, q = report["fp32"], report["int8"]
-    lines = [
-        "# aslquant report",
-        "",
-        f"Recipe: **{report['recipe']}**  ",
-        f"Evaluated on {report['n_eval']} images, calibrated on {report['n_calib']}, "
-        f"{report['threads']} threads. Run key `{report['run_key']}`.",
-        "",
-        "Reproduce with:",
-        "",
-        f"    {report['command']}",
-        "",
-        "| | FP32 | quantized | ratio |",
-        "|---|---|---|---|",
-        f"| top-1 accuracy | {_pct(f['accuracy'])} | {_pct(q['accuracy'])} | "
-        f"drop {report['accuracy_drop_points']:.2f} points |",
-        f"| top-5 accuracy | {_pct(f['top5'])} | {_pct(q['top5'])} | |",
-        f"| size (state_dict) | {_mb(f['size_bytes'])} | {_mb(q['size_bytes'])} | "
-        f"{report['size_ratio']:.2f}x smaller |",
-        f"| size (TorchScript) | {_mb(f['torchscript_bytes'])} | {_mb(q['torchscript_bytes'])} | |",
+#: Analysis sections in reading order: report.json key, table builder, and the figure drawn
+#: above the table in report.html (div id, builder), if any.
+_SECTIONS: tuple[tuple[str, Callable, tuple[str, Callable] | None], ...] = (
+    ("layers", tables.layer_error_table, ("sqnr", figures.sqnr_bars)),
+    ("sensitivity", tables.sensitivity_table, ("sensitivity", figures.sensitivity_figure)),
+    ("mixed_precision", tables.mixed_precision_table, None),
+    ("bit_sweep", tables.bit_sweep_table, ("bits", figures.bit_sweep_figure)),
+    ("sweep", tables.config_sweep_table, ("pareto", figures.pareto_figure)),
+    ("qat_vs_ptq", tables.qat_table, None),
+)
+
+
+def _analysis_blocks(report: Mapping) -> list[Block]:
+    """The sections of whatever analyses the report holds, in reading order."""
+    blocks: list[Block] = []
+    for key, build_table, figure in _SECTIONS:
+        data = report.get(key)
+        if not data:
+            continue
+        above = [Figure(figure[0], partial(figure[1], data))] if figure else []
+        blocks += section(build_table(data), *above)
+    return blocks
+
+
+def _confusion_blocks(report: Mapping) -> list[Block]:
+    names = report.get("class_names") or []
+    conf = report.get("confusion") or {}
+    if not (names and conf.get("fp32") and conf.get("int8")):
+        return []
+    fp32, int8 = conf["fp32"], conf["int8"]
+    return [
+        Heading("Confusion matrices"),
+        paragraph(
+            "report.json holds both (rows: true class, columns: predicted class).", muted=True
+        ),
+        Figure("conf_fp32", lambda: figures.confusion_figure(fp32, names, "FP32")),
+        Figure("conf_int8", lambda: figures.confusion_figure(int8, names, "Quantized")),
+        Figure("conf_d", lambda: figures.confusion_diff_figure(fp32, int8, names)),
     ]
-    for b in ("b1", "b32"):
-        lines.append(
-            f"| latency batch {b[1:]} p50 / p95 (ms) | {_ms(f['latency_ms'][f'{b}_p50'])} / "
-            f"{_ms(f['latency_ms'][f'{b}_p95'])} | {_ms(q['latency_ms'][f'{b}_p50'])} / "
-            f"{_ms(q['latency_ms'][f'{b}_p95'])} | {report[f'latency_ratio_{b}']:.2f}x faster |"
-        )
-    lines += ["", f"Top-1 agreement FP32 vs quantized: **{_pct(report['agreement'])}**", ""]
-    if report.get("layers"):
-        lines += [
-            "## Per-layer error",
-            "",
-            "| layer | weight SQNR (dB) | activation SQNR (dB) |",
-            "|---|---|---|",
+
+
+def run_report_blocks(report: Mapping) -> list[Block]:
+    """report.md and report.html of one run, as blocks, from its report dict alone."""
+    blocks: list[Block] = [
+        Heading("aslquant report", 1),
+        paragraph("Recipe: ", Strong(report["recipe"])),
+        paragraph(
+            f"Evaluated on {report['n_eval']} images, calibrated on {report['n_calib']}, "
+            f"{report['threads']} threads; run key ",
+            Mono(report["run_key"]),
+            f", aslquant {report.get('aslquant_version')}.",
+            muted=True,
+        ),
+        Cards(tables.summary_cards(report)),
+        *_reproduce(report["command"]),
+        *section(tables.summary_table(report)),
+    ]
+    if report.get("gates"):
+        blocks += [
+            Heading("Gates"),
+            Bullets(tuple(f"{g['name']}: {g['reason']}" for g in report["gates"])),
         ]
-        for row in report["layers"]:
-            w, a = row.get("weight_sqnr_db"), row.get("activation_sqnr_db")
-            lines.append(
-                f"| {row['name']} | {'n/a' if w is None else f'{w:.1f}'} | "
-                f"{'n/a' if a is None else f'{a:.1f}'} |"
-            )
-        lines.append("")
     if report.get("onnx"):
-        lines += [
-            "## ONNX Runtime",
-            "",
-            "| model | accuracy | latency b1 p50 (ms) |",
-            "|---|---|---|",
-        ]
-        for name, row in report["onnx"].items():
-            if isinstance(row, dict) and "accuracy" in row:
-                lines.append(
-                    f"| {name} | {_pct(row['accuracy'])} | {_ms(row['latency_ms'].get('b1_p50'))} |"
-                )
-        lines.append("")
-    lines += ["## Per-class accuracy", "", "| class | n | FP32 | quantized |", "|---|---|---|---|"]
-    for row in report["per_class"]:
-        lines.append(f"| {row['class']} | {row['n']} | {_pct(row['fp32'])} | {_pct(row['int8'])} |")
-    lines += ["", f"## Images whose prediction changed ({len(report['flipped'])})", ""]
-    if report["flipped"]:
-        lines += ["| image | true | FP32 | quantized |", "|---|---|---|---|"]
-        for row in report["flipped"]:
-            lines.append(f"| {row['path']} | {row['true']} | {row['fp32']} | {row['int8']} |")
+        blocks += section(tables.onnx_table(report["onnx"]))
+    blocks += _analysis_blocks(report)
+    blocks += _confusion_blocks(report)
+    if report.get("per_class"):
+        blocks += section(tables.per_class_table(report["per_class"]))
+    flipped = tables.flipped_table(report.get("flipped") or [])
+    if flipped.rows:
+        blocks += section(flipped)
     else:
-        lines.append("None: both models give the same top-1 on every evaluation image.")
+        blocks += [
+            Heading(flipped.title),
+            paragraph("None: both models give the same top-1 on every evaluation image."),
+        ]
     if report.get("skipped"):
-        lines += ["", f"{len(report['skipped'])} files skipped (not readable images):", ""]
-        lines += [f"- {row['path']}: {row['reason']}" for row in report["skipped"][:50]]
+        blocks += section(tables.skipped_table(report["skipped"]))
     if report.get("notes"):
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in report["notes"]]
-    return "\n".join(lines) + "\n"
+        blocks += [Heading("Notes"), Bullets(tuple(report["notes"]))]
+    return blocks
+
+
+def sweep_report_blocks(report: Mapping) -> list[Block]:
+    """report.md and report.html of a sweep: its best configurations, Pareto plot and table."""
+    return [
+        Heading("aslquant configuration sweep", 1),
+        Cards(tables.sweep_cards(report["sweep"])),
+        *_reproduce(report["command"]),
+        *_analysis_blocks({"sweep": report["sweep"]}),
+    ]
+
+
+def report_markdown(report: Mapping) -> str:
+    """report.md of one run (from a report dict, or a loaded report.json)."""
+    return to_markdown(run_report_blocks(report))
+
+
+def report_html(report: Mapping) -> str:
+    """report.html of one run: one offline page with plotly.js and every figure inlined."""
+    return to_html(run_report_blocks(report), f"aslquant report {report['run_key']}")
+
+
+def sweep_markdown(report: Mapping) -> str:
+    return to_markdown(sweep_report_blocks(report))
+
+
+def sweep_html(report: Mapping) -> str:
+    return to_html(sweep_report_blocks(report), "aslquant sweep")
+
+
+def report_json(report: Mapping) -> str:
+    return json.dumps(report, indent=2, allow_nan=False)
+
+
+def run_report_texts(report: Mapping) -> dict[str, str]:
+    """report.json, report.md and report.html of one run as text, keyed like REPORT_FILES."""
+    return {"json": report_json(report), "md": report_markdown(report), "html": report_html(report)}
+
+
+def sweep_report_texts(report: Mapping) -> dict[str, str]:
+    """report.json, report.md and report.html of a sweep as text, keyed like REPORT_FILES."""
+    return {"json": report_json(report), "md": sweep_markdown(report), "html": sweep_html(report)}
+
+
+# --- writing -----------------------------------------------------------------------------------
 
 
 def prepare_out_dir(out: str | Path) -> Path:
@@ -211,56 +299,26 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def render_run_reports(report: dict) -> dict[str, str]:
-    """report.json, report.md and report.html of one run, as text (rendered from the dict
-    alone, so a loaded report.json renders the same)."""
-    from aslquant.report_html import analysis_markdown, report_html
-
-    markdown = report_markdown(report)
-    extra = analysis_markdown(report)
-    if extra:
-        markdown += "\n" + extra
-    return {
-        "json": json.dumps(report, indent=2),
-        "md": markdown,
-        "html": report_html(report),
-    }
-
-
-def write_run_reports(report: dict, out: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md and report.html of one run into ``out``."""
-    path = prepare_out_dir(out)
-    texts = render_run_reports(report)
-    return {
-        kind: write_text_atomic(path / f"report.{kind}", text) for kind, text in texts.items()
-    }
-
-
-def sweep_report(config, command: str, grid: Mapping[str, list], rows: list[dict]) -> dict:
-    """The report.json content of a configuration sweep."""
-    return _clean(
-        {
-            "aslquant_version": __version__,
-            "config": config.to_dict(),
-            "command": command,
-            "grid": dict(grid),
-            "sweep": rows,
-        }
-    )
-
-
-def write_sweep_reports(report: dict, out: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md and report.html of a sweep into ``out``."""
-    from aslquant.report_html import sweep_html, sweep_markdown
-
+def write_report_texts(texts: Mapping[str, str], out: str | Path) -> dict[str, Path]:
+    """Write report.json, report.md and report.html into ``out``: the one place they are
+    written."""
     path = prepare_out_dir(out)
     return {
-        "json": write_text_atomic(path / "report.json", json.dumps(report, indent=2)),
-        "md": write_text_atomic(path / "report.md", sweep_markdown(report["sweep"], report["command"])),
-        "html": write_text_atomic(
-            path / "report.html", sweep_html(report["sweep"], report["command"])
-        ),
+        kind: write_text_atomic(path / name, texts[kind]) for kind, name in REPORT_FILES.items()
     }
+
+
+def write_run_reports(report: Mapping, out: str | Path) -> dict[str, Path]:
+    """Write the three report files of one run into ``out``."""
+    return write_report_texts(run_report_texts(report), out)
+
+
+def write_sweep_reports(report: Mapping, out: str | Path) -> dict[str, Path]:
+    """Write the three report files of a sweep into ``out``."""
+    return write_report_texts(sweep_report_texts(report), out)
+
+
+# --- the doctor --------------------------------------------------------------------------------
 
 
 def doctor_report(result) -> dict:
@@ -275,61 +333,101 @@ def doctor_report(result) -> dict:
     )
 
 
-def doctor_markdown(report: dict) -> str:
-    """report.md of the doctor: ranked findings, remedies with their seed spread, prescription."""
-    d = report["doctor"]
-    lines = [
-        "# aslquant doctor",
-        "",
-        f"{d['n_selection']} selection and {d['n_held_out']} held-out images, {d['seeds']} "
-        f"calibration seeds, {d['seconds']:.0f} s. Reproduce with:",
-        "",
-        f"    {report['command']}",
-        "",
-        "## Findings, ranked",
-        "",
-        "| rank | finding | impact (points) | best remedy | recovery (points) | seed spread |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in d["ranked"]:
+def _spread(trial: Mapping) -> str:
+    s = trial["seed_spread"]
+    return f"{s['min']:.2f}..{s['max']:.2f}"
+
+
+def doctor_findings_table(doctor: Mapping) -> tables.Table:
+    """Findings ranked by impact, each with its best remedy and that remedy's seed spread."""
+    rows = []
+    for row in doctor["ranked"]:
         best = row["remedies"][0] if row["remedies"] else None
-        spread = best["trial"]["seed_spread"] if best else None
-        lines.append(
-            f"| {row['rank']} | {_md(row['finding']['title'])} | {row['impact_points']:.2f} | "
-            f"{_md(best['remedy']['name']) if best else '-'} | "
-            f"{best['recovery_points']:.2f} | "
-            + (f"{spread['min']:.2f}..{spread['max']:.2f}" if spread else "-")
-            + " |"
+        rows.append(
+            (
+                str(row["rank"]),
+                row["finding"]["title"],
+                f"{row['impact_points']:.2f}",
+                best["remedy"]["name"] if best else "-",
+                f"{best['recovery_points']:.2f}" if best else "-",
+                _spread(best["trial"]) if best else "-",
+                ", ".join(best["within_spread_of"]) if best else "-",
+            )
         )
+    return tables.Table(
+        "Findings, ranked",
+        ("rank", "finding", "impact (points)", "best remedy", "won back (points)",
+         "drop over seeds (points)", "within the spread of"),  # fmt: skip
+        tuple(rows),
+        notes=(
+            f"Measured on {doctor['n_selection']} selection images with {doctor['seeds']} "
+            "calibration seeds; remedies whose seed spreads overlap are not ranked apart.",
+        ),
+        numeric=frozenset({"impact (points)", "won back (points)"}),
+    )
+
+
+def doctor_steps_table(prescription: Mapping) -> tables.Table:
+    return tables.Table(
+        "Meet my budget: the steps",
+        ("step", "recipe", "drop on selection, mean (points)", "seed spread (points)"),
+        tuple(
+            (s["step"], s["trial"]["describe"], f"{s['trial']['drop_mean']:.2f}", _spread(s["trial"]))
+            for s in prescription["steps"]
+        ),
+        numeric=frozenset({"drop on selection, mean (points)"}),
+    )
+
+
+def doctor_report_blocks(report: Mapping) -> list[Block]:
+    """report.md and report.html of the doctor, from its report dict alone."""
+    from aslquant.present import doctor_figures
+
+    d = report["doctor"]
+    blocks: list[Block] = [
+        Heading("aslquant doctor", 1),
+        paragraph(
+            f"{d['n_selection']} selection and {d['n_held_out']} held-out images, {d['seeds']} "
+            f"calibration seeds, {d['seconds']:.0f} s.",
+            muted=True,
+        ),
+        *_reproduce(report["command"]),
+    ]
+    if d["checks"]:
+        blocks += [
+            Heading("Setup checks"),
+            Bullets(tuple(f"{c['title']}: {c['detail']}" for c in d["checks"])),
+        ]
+    if d["points"]:
+        blocks.append(Figure("points", partial(doctor_figures.point_effects_figure, d["points"])))
+    blocks += section(doctor_findings_table(d))
     p = d.get("prescription")
     if p:
-        lines += [
-            "",
-            "## Prescription",
-            "",
-            f"Target: drop <= {p['target_drop']:.2f} points: "
-            f"**{'reached' if p['reached'] else 'not reached'}** with {_md(p['describe'])}.",
-            "",
-            p["note"] + ".",
-            "",
-            "Replay:",
-            "",
-            f"    {p['command']}",
+        verdict = "reached" if p["reached"] else "not reached"
+        blocks += [
+            Heading("Prescription"),
+            paragraph(
+                f"Target drop <= {p['target_drop']:.2f} points: ",
+                Strong(verdict),
+                f" with {p['describe']}. {p['note']}.",
+            ),
+            Figure("prescription", partial(doctor_figures.prescription_figure, p)),
+            *section(doctor_steps_table(p)),
+            paragraph("Replay:"),
+            CodeBlock(p["command"]),
         ]
-    return "\n".join(lines) + "\n"
+    return blocks
 
 
-def _md(text: str) -> str:
-    """Text for a Markdown table cell: HTML and table syntax escaped."""
-    import html
-
-    return html.escape(str(text)).replace("|", "\\|")
-
-
-def write_doctor_reports(report: dict, out: str | Path) -> dict[str, Path]:
-    """Write the doctor's report.json and report.md into ``out``."""
-    path = prepare_out_dir(out)
+def doctor_report_texts(report: Mapping) -> dict[str, str]:
+    """The doctor's report.json, report.md and report.html as text, keyed like REPORT_FILES."""
+    blocks = doctor_report_blocks(report)
     return {
-        "json": write_text_atomic(path / "report.json", json.dumps(report, indent=2)),
-        "md": write_text_atomic(path / "report.md", doctor_markdown(report)),
+        "json": report_json(report),
+        "md": to_markdown(blocks),
+        "html": to_html(blocks, "aslquant doctor"),
     }
+
+
+def write_doctor_reports(report: Mapping, out: str | Path) -> dict[str, Path]:
+    return write_report_texts(doctor_report_texts(report), out)

@@ -440,6 +440,22 @@ class RunResult:
     def accuracy_drop_points(self) -> float:
         return (self.fp32.accuracy - self.int8.accuracy) * 100.0
 
+    @property
+    def size_ratio(self) -> float:
+        """FP32 bytes over quantized bytes (packed state_dicts): above 1 is smaller."""
+        return self.fp32.size_bytes / max(1, self.int8.size_bytes)
+
+    def speedup(self, batch: int = 1, against: Mapping[str, float] | None = None) -> float | None:
+        """Median latency of the FP32 baseline over the quantized model's at ``batch``: above 1
+        is faster. ``against``: another baseline's latency dict (ONNX Runtime FP32) instead of
+        torch FP32. None while either latency is still pending."""
+        base = self.fp32.latency_ms if against is None else against
+        quant = self.int8.latency_ms
+        key = f"b{batch}_p50"
+        if base is None or quant is None or not base.get(key) or not quant.get(key):
+            return None
+        return base[key] / quant[key]
+
     def flipped(self) -> list[dict]:
         """Evaluation images whose top-1 changed, with both models' top-3 for the gallery."""
         ev, names = self.evaluation, self.class_names

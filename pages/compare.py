@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import streamlit as st
 
-from aslquant.present import figures
+from aslquant.present import figures, tables
+from aslquant.present import format as fmt
+from aslquant.present.markup import md_text
 from aslquant.recipe import ACT_OBSERVERS, BACKENDS, WEIGHT_OBSERVERS
+from aslquant.report import run_summary
 from aslquant.ui import cache, session, widgets
 
 st.title("Compare")
@@ -17,62 +19,37 @@ st.caption(
 )
 
 
-def _run_rows(entries: list[session.RunEntry]) -> list[dict]:
-    rows = []
-    for e in entries:
-        r = e.result
-        rows.append(
-            {
-                "label": f"#{e.number} {r.config.recipe.method}/{r.config.recipe.backend}",
-                "recipe": r.config.recipe.describe(),
-                "size_bytes": r.int8.size_bytes,
-                "accuracy": r.int8.accuracy,
-                "latency_ms": dict(r.int8.latency_ms),
-                "agreement": r.agreement,
-                "fp32_accuracy": r.fp32.accuracy,
-                "fp32_size_bytes": r.fp32.size_bytes,
-                "fp32_latency_ms": dict(r.fp32.latency_ms),
-            }
-        )
-    return rows
+def _figure_point(label: str, model: dict, **extra) -> dict:
+    """One model of a run summary as the figures take it (latency {} while pending)."""
+    return {
+        "label": label,
+        "size_bytes": model["size_bytes"],
+        "accuracy": model["accuracy"],
+        "latency_ms": model["latency_ms"] or {},
+        "b1_p50": (model["latency_ms"] or {}).get("b1_p50"),
+        **extra,
+    }
 
 
 with widgets.guard("the Compare page"):
     entry = widgets.require_run()
     if entry is not None:
         entries = session.runs()
-        rows = _run_rows(entries)
+        summaries = [{**run_summary(e.result), "run": e.number} for e in entries]
         first = entries[0].result
+        fp32 = summaries[0]["fp32"]
+        rows = [
+            _figure_point(
+                f"#{e.number} {e.result.config.recipe.method}/{e.result.config.recipe.backend}",
+                s["int8"],
+            )
+            for e, s in zip(entries, summaries, strict=True)
+        ]
 
         st.subheader("Runs")
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "run": row["label"],
-                        "recipe": row["recipe"],
-                        "top-1 %": 100 * row["accuracy"],
-                        "drop (points)": 100 * (row["fp32_accuracy"] - row["accuracy"]),
-                        "agreement %": 100 * row["agreement"],
-                        "size (MB)": row["size_bytes"] / 1e6,
-                        "b1 p50 ms": row["latency_ms"]["b1_p50"],
-                        "b1 p95 ms": row["latency_ms"]["b1_p95"],
-                        "b32 p50 ms": row["latency_ms"]["b32_p50"],
-                        "b32 p95 ms": row["latency_ms"]["b32_p95"],
-                    }
-                    for row in rows
-                ]
-            ).round(3),
-            hide_index=True,
-            width="stretch",
-        )
+        st.dataframe(tables.runs_table(summaries).to_frame(), hide_index=True, width="stretch")
         # The FP32 model as the first bar group: the baseline every run is measured against.
-        baseline = {
-            "label": "FP32",
-            "size_bytes": first.fp32.size_bytes,
-            "accuracy": first.fp32.accuracy,
-            "latency_ms": dict(first.fp32.latency_ms),
-        }
+        baseline = _figure_point("FP32", fp32)
         widgets.plot(figures.runs_bars([baseline, *rows]), key="runs_bars")
         st.caption(
             "Latency is measured per run in this process (p50 and p95 over "
@@ -81,22 +58,8 @@ with widgets.guard("the Compare page"):
         )
 
         st.subheader("Accuracy vs latency")
-        points = [
-            {
-                "label": "FP32 (reference)",
-                "accuracy": first.fp32.accuracy,
-                "b1_p50": first.fp32.latency_ms["b1_p50"],
-                "size_bytes": first.fp32.size_bytes,
-                "reference": True,
-            }
-        ] + [
-            {
-                "label": row["recipe"],
-                "accuracy": row["accuracy"],
-                "b1_p50": row["latency_ms"]["b1_p50"],
-                "size_bytes": row["size_bytes"],
-            }
-            for row in rows
+        points = [_figure_point("FP32 (reference)", fp32, reference=True)] + [
+            _figure_point(s["recipe"], s["int8"]) for s in summaries
         ]
         with st.expander("Add a configuration sweep to the plot"):
             st.caption(
@@ -128,9 +91,9 @@ with widgets.guard("the Compare page"):
                 )
             sweep = st.session_state.get(sweep_key)
             if sweep:
-                failed = [r for r in sweep if r.get("error")]
-                for r in failed:
-                    st.caption(f"Skipped {r['label']}: {r['error']}")
+                st.dataframe(
+                    tables.config_sweep_table(sweep).to_frame(), hide_index=True, width="stretch"
+                )
         sweep = st.session_state.get(sweep_key) or []
         points += [
             {**r, "label": f"sweep: {r['label']}"}
@@ -157,6 +120,9 @@ with widgets.guard("the Compare page"):
             figures.confusion_diff_figure(r.confusion_fp32, r.confusion_int8, r.class_names),
             key="cm_diff",
         )
+        per_class = tables.per_class_table(r.per_class())
+        with st.expander(per_class.title):
+            st.dataframe(per_class.to_frame(), hide_index=True, width="stretch")
 
         flipped = r.flipped()
         st.subheader(f"Images whose prediction flipped ({len(flipped)} of {r.n_eval})")
@@ -170,11 +136,15 @@ with widgets.guard("the Compare page"):
                 with col:
                     col.image(cache.thumbnail(row["file"], 160), width="stretch")
                     col.markdown(
-                        f"**true {row['true']}**  \n"
+                        f"**true {md_text(row['true'])}**  \n"
                         + "FP32: "
-                        + ", ".join(f"{n} {100 * p:.0f}%" for n, p in row["fp32_top3"])
+                        + ", ".join(
+                            f"{md_text(n)} {fmt.percent(p, 0)}" for n, p in row["fp32_top3"]
+                        )
                         + "  \nINT8: "
-                        + ", ".join(f"{n} {100 * p:.0f}%" for n, p in row["int8_top3"])
+                        + ", ".join(
+                            f"{md_text(n)} {fmt.percent(p, 0)}" for n, p in row["int8_top3"]
+                        )
                     )
         if len(flipped) > limit:
             st.caption(f"First {limit} shown; report.json lists all {len(flipped)}.")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
+from aslquant.present import format as fmt
+from aslquant.present import tables
+from aslquant.present.markup import md_text
 from aslquant.ui import cache, widgets
 
 st.title("Export")
@@ -48,7 +50,7 @@ with widgets.guard("the Export page"):
                         f"⬇ {title}", data, file_name=name, mime=mime, key=f"dl_{kind}",
                         width="stretch",
                     )  # fmt: skip
-                    st.caption(f"{widgets.fmt_bytes(len(data))} · {use}")
+                    st.caption(f"{fmt.size(len(data))} · {use}")
                 else:
                     st.warning(f"{title}: not produced for this run's method.")
 
@@ -63,23 +65,10 @@ with widgets.guard("the Export page"):
             lambda: cache.onnx_compare(entry.result),
         )
         if onnx:
-            rows = []
-            for name, row in onnx.items():
-                if isinstance(row, dict) and "accuracy" in row:
-                    lat = row.get("latency_ms", {})
-                    rows.append(
-                        {
-                            "model": name,
-                            "top-1 %": 100 * row["accuracy"],
-                            "size": widgets.fmt_bytes(row.get("size_bytes")),
-                            "b1 p50 ms": lat.get("b1_p50"),
-                            "b32 p50 ms": lat.get("b32_p50"),
-                            "agreement with torch %": None
-                            if row.get("agreement_with_torch") is None
-                            else 100 * row["agreement_with_torch"],
-                        }
-                    )
-            st.dataframe(pd.DataFrame(rows).round(2), hide_index=True, width="stretch")
+            onnx_table = tables.onnx_table(onnx)
+            st.dataframe(onnx_table.to_frame(), hide_index=True, width="stretch")
+            for note in onnx_table.notes:
+                st.caption(md_text(note))
 
         st.subheader("Reports")
         layers = widgets.wait_for(cache.layer_errors(entry.result), "Per-layer error")

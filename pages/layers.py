@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from aslquant import analysis
 from aslquant.model import LAYER_NAMES
-from aslquant.present import figures
+from aslquant.present import figures, tables
+from aslquant.present import format as fmt
 from aslquant.ui import cache, session, widgets
 
 st.title("Layers")
@@ -16,10 +16,6 @@ st.caption(
     "SQNR (signal-to-quantization-noise ratio) says how loud the rounding noise is next to the "
     "signal: every +6 dB is one more bit of precision. Low bars mark the layers that hurt."
 )
-
-
-def _db(v) -> str:
-    return "n/a" if v is None else f"{v:.1f}"
 
 
 def _rerun_keeping(entry: session.RunEntry, keep: list[str]) -> None:
@@ -39,32 +35,15 @@ with widgets.guard("the Layers page"):
         st.caption(f"Recipe: {result.config.recipe.describe()}")
 
         st.subheader("Per-layer error")
-        rows = widgets.wait_for(cache.layer_errors(result), "Comparing every layer of the two models")
+        with st.spinner("Comparing every layer of the two models..."):
+            rows = widgets.wait_for(cache.layer_errors(result), "Per-layer error")
         widgets.plot(figures.sqnr_bars(rows), key="sqnr")
         st.caption(
             "Weights: the layer's weights against their INT8 version. Activations (cumulative): "
             "the layer's output when the quantized model sees the image, so earlier layers' "
             "errors add up. Isolated: the same layer fed the FP32 input, so only its own error."
         )
-        table = pd.DataFrame(
-            [
-                {
-                    "layer": r["name"],
-                    "quantized": "yes" if r.get("quantized") else "no (FP32)",
-                    "weight SQNR (dB)": _db(r.get("weight_sqnr_db")),
-                    "activation SQNR cumulative (dB)": _db(r.get("activation_sqnr_db")),
-                    "activation SQNR isolated (dB)": _db(r.get("activation_sqnr_isolated_db")),
-                    "activation range": "n/a"
-                    if r.get("act_min") is None
-                    else f"{r['act_min']:.3g} .. {r['act_max']:.3g}",
-                    "activation scale": "n/a"
-                    if r.get("act_scale") is None
-                    else f"{r['act_scale']:.4g} (zp {r['act_zero_point']})",
-                }
-                for r in figures.layer_order(rows)
-            ]
-        )
-        st.dataframe(table, hide_index=True, width="stretch")
+        st.dataframe(tables.layer_error_table(rows).to_frame(), hide_index=True, width="stretch")
 
         st.subheader("Histogram explorer")
         c1, c2 = st.columns([1, 1])
@@ -91,21 +70,7 @@ with widgets.guard("the Layers page"):
         if sens:
             widgets.plot(figures.sensitivity_figure(sens), key="sens")
             st.dataframe(
-                pd.DataFrame(
-                    [
-                        {
-                            "rank": r["rank"],
-                            "layer kept FP32": r["layer"],
-                            "top-1 %": 100 * r["accuracy"],
-                            "gain (points)": r["gain_points"],
-                            "drop vs FP32 (points)": r["drop_points"],
-                            "agreement %": 100 * r["agreement"],
-                        }
-                        for r in sens
-                    ]
-                ).round(2),
-                hide_index=True,
-                width="stretch",
+                tables.sensitivity_table(sens).to_frame(), hide_index=True, width="stretch"
             )
             suggested = [r["layer"] for r in sens if r["gain_points"] > 0][:1]
             keep = st.multiselect(
@@ -124,24 +89,10 @@ with widgets.guard("the Layers page"):
                     found = widgets.wait_for(
                         cache.greedy(result, float(target)), "Mixed precision search"
                     )
-                    st.dataframe(
-                        pd.DataFrame(
-                            [
-                                {
-                                    "keep FP32": ", ".join(s["keep_fp32"]) or "(none)",
-                                    "top-1 %": 100 * s["accuracy"],
-                                    "drop (points)": s["drop_points"],
-                                    "agreement %": 100 * s["agreement"],
-                                }
-                                for s in found["steps"]
-                            ]
-                        ).round(2),
-                        hide_index=True,
-                    )
-                    st.write(
-                        ("Target reached" if found["reached"] else "Target not reached")
-                        + f" keeping: {', '.join(found['keep_fp32']) or 'nothing'} in FP32."
-                    )
+                    greedy = tables.mixed_precision_table(found)
+                    st.dataframe(greedy.to_frame(), hide_index=True)
+                    for note in greedy.notes:
+                        st.write(note)
 
         st.subheader("Bit-width sweep")
         bit_rows = widgets.on_request(
@@ -155,6 +106,9 @@ with widgets.guard("the Layers page"):
         )
         if bit_rows:
             widgets.plot(figures.bit_sweep_figure(bit_rows), key="bits")
+            bit_table = tables.bit_sweep_table(bit_rows)
+            st.dataframe(bit_table.to_frame(), hide_index=True, width="stretch")
+            st.caption(" ".join(bit_table.notes))
 
         st.subheader("Quantization playground")
         st.caption(
@@ -203,23 +157,23 @@ with widgets.guard("the Layers page"):
                     return
                 fq = analysis.fake_quantize(values, bits, clip[0], clip[1], zp)
                 m = st.columns(5)
-                m[0].metric("SQNR", "n/a" if fq["sqnr_db"] is None else f"{fq['sqnr_db']:.1f} dB")
-                m[1].metric("Step (scale)", f"{fq['scale']:.4g}")
-                m[2].metric("Rounding MSE", f"{fq['rounding_mse']:.3g}")
-                m[3].metric("Clipping MSE", f"{fq['clipping_mse']:.3g}")
-                m[4].metric("Values clipped", f"{100 * fq['clipped_fraction']:.2f}%")
+                m[0].metric("SQNR", fmt.db(fq["sqnr_db"], unit=True))
+                m[1].metric("Step (scale)", fmt.general(fq["scale"], 4))
+                m[2].metric("Rounding MSE", fmt.general(fq["rounding_mse"]))
+                m[3].metric("Clipping MSE", fmt.general(fq["clipping_mse"]))
+                m[4].metric("Values clipped", fmt.percent(fq["clipped_fraction"]))
                 observer = None
                 if h.get("clip_min") is not None:
                     observer = {
                         "min": h["clip_min"],
                         "max": h["clip_max"],
-                        "name": f"observer (8-bit, scale {h['scale']:.3g})",
+                        "name": f"observer (8-bit, scale {fmt.general(h['scale'])})",
                     }
                 widgets.plot(figures.playground_figure(values, fq, observer), key="pg_fig")
                 st.caption(
-                    f"{len(values):,} values sampled from {p_layer} {p_kind}. Narrowing the range "
-                    "shrinks the step (less rounding error) but clips more values; fewer bits "
-                    "make every step coarser."
+                    f"{fmt.count(len(values))} values sampled from {p_layer} {p_kind}. Narrowing "
+                    "the range shrinks the step (less rounding error) but clips more values; "
+                    "fewer bits make every step coarser."
                 )
 
         playground()

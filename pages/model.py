@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import pandas as pd
 import streamlit as st
 
-from aslquant.data import IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE, Preprocess
+from aslquant.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
-from aslquant.model import MIN_INPUT_SIZE, load_checkpoint
+from aslquant.model import load_checkpoint
+from aslquant.present import format as fmt
+from aslquant.present import tables
+from aslquant.present.markup import md_code_span, md_text
 from aslquant.ui import cache, session, widgets
 
 st.title("Model")
@@ -41,7 +43,10 @@ with widgets.guard("the Model page"):
 
     with left:
         st.subheader("Checkpoint and labels")
-        st.write(f"In use: **{src.name}** · `{src.checkpoint}` · labels `{src.labels}`")
+        st.write(
+            f"In use: **{md_text(src.name)}** · {md_code_span(src.checkpoint)} · labels "
+            f"{md_code_span(src.labels)}"
+        )
         with st.form("upload_model", clear_on_submit=False):
             ckpt = st.file_uploader(
                 "Checkpoint (.pth state_dict of the CustomCNN)", type=["pth", "pt"]
@@ -61,14 +66,14 @@ with widgets.guard("the Model page"):
             else:
                 with widgets.guard("reading the uploads"):
                     _use_uploads(ckpt, labels)
-                    st.success(f"Using {ckpt.name} with {labels.name}.")
+                    st.success(f"Using {md_text(ckpt.name)} with {md_text(labels.name)}.")
                     src = session.source()
         if not src.is_demo and st.button("Back to the demo model"):
             session.set_source(session.demo_source())
             st.rerun()
 
         st.subheader("Images")
-        st.write(f"In use: `{src.data}`")
+        st.write(f"In use: {md_code_span(src.data)}")
         choice = st.radio(
             "Image source",
             ["Keep current", "Demo images", "Folder or .zip on this server", "Upload a .zip"],
@@ -92,7 +97,7 @@ with widgets.guard("the Model page"):
             cache.image_set(trial)  # raises InputError naming the folder if it is unusable
             session.set_source(trial)
             src = trial
-            st.success(f"Using images from {new_data}.")
+            st.success(f"Using images from {md_code_span(new_data)}.")
 
     with right:
         st.subheader("Preprocessing")
@@ -115,9 +120,7 @@ with widgets.guard("the Model page"):
         ):
             if key not in st.session_state:
                 st.session_state[key] = value
-        size = st.number_input(
-            "Input size (px, square)", MIN_INPUT_SIZE, MAX_INPUT_SIZE, step=4, key="pp_size"
-        )
+        size = st.number_input("Input size (px, square)", 68, 1024, step=4, key="pp_size")
         crop = st.checkbox(
             "Resize shorter side, then center-crop", key="pp_crop", help="Off: resize to a square."
         )
@@ -152,27 +155,12 @@ with widgets.guard("the Model page"):
     st.subheader("Model card")
     model, class_names = cache.model_and_labels(src)
     rows = cache.model_card(src)
-    total_params = sum(r["params"] for r in rows)
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Classes", len(class_names))
-    c2.metric("Parameters", f"{total_params:,}")
-    c3.metric("MACs per image", f"{sum(r['macs'] for r in rows) / 1e6:,.1f} M")
-    c4.metric("FP32 weights", f"{sum(r['fp32_bytes'] for r in rows) / 1e6:.2f} MB")
-    table = pd.DataFrame(
-        [
-            {
-                "layer": r["name"],
-                "type": r["type"],
-                "input shape": " x ".join(map(str, r["input_shape"])),
-                "output shape": " x ".join(map(str, r["output_shape"])),
-                "parameters": r["params"],
-                "MACs": r["macs"],
-                "FP32 bytes": r["fp32_bytes"],
-            }
-            for r in rows
-        ]
-    )
-    st.dataframe(table, hide_index=True, width="stretch")
+    c1.metric("Classes", fmt.count(len(class_names)))
+    c2.metric("Parameters", fmt.count(sum(r["params"] for r in rows)))
+    c3.metric("MACs per image", fmt.count(sum(r["macs"] for r in rows)))
+    c4.metric("FP32 weights", fmt.size(sum(r["fp32_bytes"] for r in rows)))
+    st.dataframe(tables.model_card_table(rows).to_frame(), hide_index=True, width="stretch")
     st.caption(
         f"Shapes and MACs at {src.preprocess.input_size} x {src.preprocess.input_size} input."
     )
@@ -194,12 +182,13 @@ with widgets.guard("the Model page"):
         for col, ci in zip(cols, shown[start : start + per_row], strict=False):
             col.image(
                 cache.thumbnail(first[ci]),
-                caption=f"{class_names[ci]} ({counts[class_names[ci]]})",
+                caption=f"{md_text(class_names[ci])} ({fmt.count(counts[class_names[ci]])})",
                 width="stretch",
             )
     missing = [class_names[i] for i in range(len(class_names)) if i not in first]
     if missing:
-        st.info(f"No images for: {', '.join(missing)}")
+        st.info("No images for: " + ", ".join(md_text(name) for name in missing))
     if images.skipped:
-        with st.expander(f"Skipped files ({len(images.skipped)})"):
-            st.dataframe(pd.DataFrame(images.skipped, columns=["file", "reason"]), hide_index=True)
+        skipped = tables.skipped_table(images.skipped, limit=len(images.skipped))
+        with st.expander(skipped.title):
+            st.dataframe(skipped.to_frame(), hide_index=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from aslquant.errors import InputError
 from aslquant.methods import METHODS
 from aslquant.model import LAYER_NAMES
+from aslquant.present import format as fmt
+from aslquant.present import tables
+from aslquant.present.markup import md_code_span, md_text
 from aslquant.recipe import (
+    FIELDS,
     ACT_OBSERVERS,
     BACKENDS,
     QSCHEMES,
@@ -16,6 +19,7 @@ from aslquant.recipe import (
     WEIGHT_OBSERVERS,
     QuantRecipe,
 )
+from aslquant.report import run_summary
 from aslquant.ui import cache, session, widgets
 
 st.title("Quantize")
@@ -63,6 +67,9 @@ with widgets.guard("the Quantize page"):
             "q_calib": min(last.calib_images, max(1, n_images - 1)),
             "q_keep": list(last.keep_fp32),
             "q_qat_epochs": last.qat_epochs,
+            "q_fuse": last.fuse,
+            "q_equalize": last.equalize,
+            "q_bias": last.bias_correction,
             "q_eval": 0,
         }
     )
@@ -125,6 +132,22 @@ with widgets.guard("the Quantize page"):
             qat_epochs = st.number_input("QAT epochs", 1, 20, key="q_qat_epochs")
             st.caption("Fine-tuning passes over the calibration images with fake quantization.")
 
+    with st.expander("Techniques (remedies the Doctor may prescribe)"):
+        t1, t2, t3 = st.columns(3)
+        fuse = t1.checkbox(FIELDS["fuse"].help, key="q_fuse")
+        equalize = t2.checkbox(
+            "Cross-layer equalization",
+            key="q_equalize",
+            disabled=not spec.supports_equalize,
+            help=FIELDS["equalize"].help,
+        )
+        bias = t3.checkbox(
+            "Bias correction",
+            key="q_bias",
+            disabled=not spec.supports_bias_correction,
+            help=FIELDS["bias_correction"].help,
+        )
+
     with st.expander("Evaluation"):
         eval_images = st.number_input(
             "Evaluation images (0 = all not used for calibration)",
@@ -146,10 +169,13 @@ with widgets.guard("the Quantize page"):
             reduce_range=REDUCE[reduce],
             calib_images=int(calib),
             keep_fp32=tuple(keep),
+            fuse=bool(fuse),
+            equalize=bool(equalize) and spec.supports_equalize,
+            bias_correction=bool(bias) and spec.supports_bias_correction,
             qat_epochs=int(qat_epochs),
         )
         config = src.config(recipe, eval_images=int(eval_images) or None)
-        st.caption(f"Recipe: **{recipe.describe()}** · images from `{src.data}`")
+        st.caption(f"Recipe: **{recipe.describe()}** · images from {md_code_span(src.data)}")
     except InputError as err:
         st.error(str(err))
 
@@ -158,7 +184,7 @@ with widgets.guard("the Quantize page"):
         entry = widgets.quantize_with_progress(config)
         # Rerun so the sidebar (drawn before this page) lists the new run too.
         st.session_state["aslquant_flash"] = (
-            f"Run {entry.label}: evaluated in {entry.seconds:.1f} s"
+            f"Run {entry.label}: evaluated in {fmt.number(entry.seconds, 1)} s"
             + ("." if entry.job.done else "; timing goes on in the background.")
         )
         st.rerun()
@@ -172,68 +198,26 @@ with widgets.guard("the Quantize page"):
         st.subheader(f"Summary: {entry.label}")
         _summary_cards(entry)
         r = entry.result
-
-        def column(m) -> list[str]:
-            lat = m.latency_ms
-            return [
-                f"{100 * m.accuracy:.2f}%",
-                f"{100 * m.top5:.2f}%",
-                widgets.fmt_bytes(m.size_bytes),
-                widgets.fmt_bytes(m.torchscript_bytes),
-                f"{lat['b1_p50']:.2f} / {lat['b1_p95']:.2f}" if lat else "pending",
-                f"{lat['b32_p50']:.2f} / {lat['b32_p95']:.2f}" if lat else "pending",
-            ]
-
-        detail = pd.DataFrame(
-            {"FP32": column(r.fp32), "quantized": column(r.int8)},
-            index=[
-                "top-1 accuracy",
-                "top-5 accuracy",
-                "size (packed state_dict)",
-                "size (TorchScript)",
-                "latency batch 1 p50 / p95 (ms)",
-                "latency batch 32 p50 / p95 (ms)",
-            ],
+        st.dataframe(
+            tables.summary_table(run_summary(r)).to_frame(), hide_index=True, width="stretch"
         )
-        st.dataframe(detail, width="stretch")
         st.caption(
             f"Evaluated on {r.n_eval} images, calibrated on {r.n_calib}; latency over "
             f"{r.config.latency_runs} timed calls after warm-up, {r.threads} threads. "
-            f"Run key `{r.key}`; took {entry.seconds:.1f} s."
+            f"Run key `{r.key}`; took {fmt.number(entry.seconds, 1)} s."
         )
         st.markdown("**Reproduce this run from the command line:**")
         st.code(r.config.cli_command(), language="bash")
         for note in r.notes:
-            st.caption(f"Note: {note}")
+            st.caption("Note: " + md_text(note))
         if r.skipped:
-            with st.expander(f"{len(r.skipped)} files skipped"):
-                st.dataframe(pd.DataFrame(r.skipped, columns=["file", "reason"]), hide_index=True)
+            skipped = tables.skipped_table(r.skipped, limit=len(r.skipped))
+            with st.expander(skipped.title):
+                st.dataframe(skipped.to_frame(), hide_index=True)
 
         st.subheader("Run history")
-        history = pd.DataFrame(
-            [
-                {
-                    "run": e.number,
-                    "recipe": e.result.config.recipe.describe(),
-                    "FP32 top-1 %": 100 * e.result.fp32.accuracy,
-                    "quantized top-1 %": 100 * e.result.int8.accuracy,
-                    "drop (points)": e.result.accuracy_drop_points,
-                    "agreement %": 100 * e.result.agreement,
-                    "size ratio": e.result.fp32.size_bytes / max(1, e.result.int8.size_bytes),
-                    "b1 speed-up": e.result.fp32.latency_ms["b1_p50"]
-                    / e.result.int8.latency_ms["b1_p50"]
-                    if e.result.timed
-                    else None,
-                    "b32 speed-up": e.result.fp32.latency_ms["b32_p50"]
-                    / e.result.int8.latency_ms["b32_p50"]
-                    if e.result.timed
-                    else None,
-                    "key": e.key,
-                }
-                for e in reversed(session.runs())
-            ]
-        )
-        st.dataframe(history.round(2), hide_index=True, width="stretch")
+        history = [{**run_summary(e.result), "run": e.number} for e in reversed(session.runs())]
+        st.dataframe(tables.runs_table(history).to_frame(), hide_index=True, width="stretch")
         st.caption(
             f"This session keeps the {session.MAX_RUNS} most recent runs; older ones are dropped. "
             "Pick the run the other pages show in the sidebar."

@@ -18,8 +18,7 @@ from aslquant.model import LAYER_NAMES, layer_table
 from aslquant.present import figures
 from aslquant.quantize import quantize
 from aslquant.recipe import QuantRecipe
-from aslquant.report import report_dict
-from aslquant.report_html import analysis_markdown, report_html
+from aslquant.report import report_dict, report_html, report_markdown
 from aslquant.run import RunConfig, execute
 
 #: 10 images per class: enough for stable SQNR and accuracy within a few points.
@@ -312,5 +311,5 @@ def test_report_html_is_self_contained(run, layers):
     for div in ("sqnr", "bits", "conf_fp32", "conf_int8", "conf_d"):
         assert f'id="{div}"' in page
     assert run.config.recipe.describe() in page
-    md = analysis_markdown(report)
+    md = report_markdown(report)
     assert "Bit-width sweep" in md and "isolated" in md

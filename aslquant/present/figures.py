@@ -1,6 +1,8 @@
 """Plotly figure builders: pure functions of plain data (lists of dicts, arrays).
 
-No Streamlit here: the pages, the HTML report and the tests call the same builders. Every axis
+No Streamlit here: the pages, the HTML report and the tests call the same builders. Rows are
+report.json-shaped dicts (typed rows with ``to_dict()`` are accepted); numbers printed on a
+figure come from ``present.format``, like everywhere else. Every axis
 has a title with its unit; colours come from Plotly's default template so the figures read
 in light and dark themes alike (no hard-coded backgrounds).
 """
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from aslquant.model import LAYER_NAMES
+from aslquant.present import format as fmt
+from aslquant.present.tables import plain, plain_rows
 
 #: Qualitative colours that keep contrast on white and on dark backgrounds.
 COLORS = {
@@ -41,14 +44,13 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
 
 
 def _num(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if np.isfinite(value) else None
+    """A plottable number, or None (a gap) for a missing one."""
+    return None if fmt.missing(value) else float(value)
 
 
 def sqnr_bars(layers: list[dict]) -> go.Figure:
     """Per-layer SQNR (dB): weights, activations cumulative and activations isolated."""
+    layers = plain_rows(layers)
     names = [row["name"] for row in layers]
     fig = go.Figure()
     for key, label, color in (
@@ -62,7 +64,7 @@ def sqnr_bars(layers: list[dict]) -> go.Figure:
             y=values,
             name=label,
             marker_color=color,
-            text=[("n/a" if v is None else f"{v:.1f}") for v in values],
+            text=[fmt.db(v) for v in values],
             textposition="outside",
             hovertemplate="%{x}: %{y:.2f} dB<extra>" + label + "</extra>",
         )
@@ -77,6 +79,7 @@ def sqnr_bars(layers: list[dict]) -> go.Figure:
 
 def histogram_figure(hist: dict, title: str = "") -> go.Figure:
     """Histogram of values with the representable INT8 grid and the clipping range shaded."""
+    hist = plain(hist)
     edges = np.asarray(hist["edges"], dtype=float)
     counts = np.asarray(hist["counts"], dtype=float)
     centers = (edges[:-1] + edges[1:]) / 2
@@ -103,7 +106,7 @@ def histogram_figure(hist: dict, title: str = "") -> go.Figure:
             y=[0, 0],
             mode="markers",
             marker={"color": COLORS["bad"], "symbol": "line-ns-open", "size": 14},
-            name=f"clipping range [{lo:.4g}, {hi:.4g}]",
+            name=f"clipping range [{fmt.general(lo, 4)}, {fmt.general(hi, 4)}]",
         )
     grid = list(hist.get("grid") or [])
     if grid:
@@ -120,7 +123,7 @@ def histogram_figure(hist: dict, title: str = "") -> go.Figure:
             y=ys,
             mode="lines",
             line={"color": COLORS["grid"], "width": 1},
-            name=f"representable values ({len(grid)}, step {scale:.3g})"
+            name=f"representable values ({len(grid)}, step {fmt.general(scale)})"
             if scale
             else "representable values",
             hoverinfo="skip",
@@ -172,11 +175,10 @@ def playground_figure(values, fq: dict, observer: dict | None = None) -> go.Figu
             text=str(observer.get("name", "observer")),
             showarrow=False,
         )
-    sqnr = fq.get("sqnr_db")
     title = (
-        f"{fq.get('bits', '?')}-bit: scale {fq['scale']:.4g}, zero point {fq['zero_point']}, "
-        f"SQNR {'n/a' if sqnr is None else f'{sqnr:.1f} dB'}, "
-        f"{100 * fq.get('clipped_fraction', 0):.1f}% clipped"
+        f"{fq.get('bits', '?')}-bit: scale {fmt.general(fq['scale'], 4)}, zero point "
+        f"{fq['zero_point']}, SQNR {fmt.db(fq.get('sqnr_db'), unit=True)}, "
+        f"{fmt.percent(fq.get('clipped_fraction', 0), 1)} clipped"
     )
     return _layout(
         fig, title, "original value (float units)", "value after quantization (float units)"
@@ -185,7 +187,7 @@ def playground_figure(values, fq: dict, observer: dict | None = None) -> go.Figu
 
 def bit_sweep_figure(rows: list[dict]) -> go.Figure:
     """Simulated accuracy (%) and SQNR (dB) against bit width, INT8 reference as a line."""
-    rows = sorted(rows, key=lambda r: -r["bits"])
+    rows = sorted(plain_rows(rows), key=lambda r: -r["bits"])
     bits = [r["bits"] for r in rows]
     fig = go.Figure()
     fig.add_scatter(
@@ -238,7 +240,10 @@ def bit_sweep_figure(rows: list[dict]) -> go.Figure:
 
 def pareto_figure(points: list[dict]) -> go.Figure:
     """Accuracy (%) vs batch-1 latency (ms); marker area ~ model size; frontier drawn."""
-    ok = [p for p in points if p.get("accuracy") is not None and p.get("b1_p50") is not None]
+    points = plain_rows(points)
+    ok = [
+        p for p in points if not fmt.missing(p.get("accuracy")) and not fmt.missing(p.get("b1_p50"))
+    ]
     fig = go.Figure()
     if ok:
         sizes = np.array([float(p.get("size_bytes") or 0) for p in ok])
@@ -368,14 +373,14 @@ def runs_bars(runs: list[dict]) -> go.Figure:
 
 def sensitivity_figure(rows: list[dict]) -> go.Figure:
     """Accuracy points won back by keeping each layer alone in FP32, most sensitive first."""
-    rows = sorted(rows, key=lambda r: r.get("rank", 0))
+    rows = sorted(plain_rows(rows), key=lambda r: r.get("rank", 0))
     fig = go.Figure()
     gains = [r["gain_points"] for r in rows]
     fig.add_bar(
         x=[r["layer"] for r in rows],
         y=gains,
         marker_color=[COLORS["good"] if g > 0 else COLORS["grid"] for g in gains],
-        text=[f"{g:+.2f}" for g in gains],
+        text=[fmt.points(g, signed=True) for g in gains],
         textposition="outside",
         customdata=[[100 * r["accuracy"], 100 * r["agreement"]] for r in rows],
         hovertemplate="%{x} in FP32: %{y:+.2f} points<br>accuracy %{customdata[0]:.2f}%, "
@@ -388,9 +393,3 @@ def sensitivity_figure(rows: list[dict]) -> go.Figure:
         "layer kept in FP32",
         "top-1 gained vs all-quantized (percentage points)",
     )
-
-
-def layer_order(rows: list[dict]) -> list[dict]:
-    """Rows sorted in network order (LAYER_NAMES), for tables next to the figures."""
-    index = {n: i for i, n in enumerate(LAYER_NAMES)}
-    return sorted(rows, key=lambda r: index.get(r.get("name", r.get("layer")), 99))

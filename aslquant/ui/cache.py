@@ -200,12 +200,12 @@ def export_files(result: RunResult) -> Job:
 def report_texts(result: RunResult, layers: list, onnx: dict | None) -> dict:
     """report.json / report.md / report.html of a run as text (from the same writers the CLI
     uses, with the per-layer analysis and ONNX numbers when given)."""
-    from aslquant.report import render_run_reports, report_dict
+    from aslquant.report import report_dict, run_report_texts
 
     sections = {"layers": layers}
     if onnx is not None:
         sections["onnx"] = onnx
-    return render_run_reports(report_dict(result, sections))
+    return run_report_texts(report_dict(result, sections))
 
 
 def doctor(result: RunResult, target_drop: float | None, seeds: int) -> Job:

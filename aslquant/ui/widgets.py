@@ -214,70 +214,96 @@ def run_picker(where=st, label: str = "Run", key: str = "run_picker") -> RunEntr
     return by_key[chosen]
 
 
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
-
-
-def _times(ratio: float) -> str:
-    return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
-
-
 def show_summary(entry: RunEntry) -> None:
-    """Summary cards: accuracy with delta, size ratio, speed-ups against both FP32 baselines
-    (torch eager and ONNX Runtime, so nobody is shown only the flattering one), agreement.
-    Latency cards say "pending" until their timing is done; the caller re-draws them."""
+    """Summary cards: accuracy with its interval, size ratio, speed-ups against both FP32
+    baselines (torch and ONNX Runtime, so nobody is shown only the flattering one), agreement.
+    Latency cards read "pending" until the run's timing is in, and say when a latency was
+    measured on a machine too busy to believe it."""
+    from aslquant.present import format as fmt
+    from aslquant.present import tables
+    from aslquant.report import run_summary
+
     r = entry.result
-    f, q = r.fp32, r.int8
-    size_ratio = f.size_bytes / max(1, q.size_bytes)
+    summary = run_summary(r)
+    f, q = summary["fp32"], summary["int8"]
+    u = r.uncertainty
     ort = cache.onnx_fp32(r)
     ort_ok = bool(ort) and "latency_ms" in ort
-    headline = f"**{size_ratio:.1f}x smaller"
-    if r.timed:
-        b1 = f.latency_ms["b1_p50"] / q.latency_ms["b1_p50"]
-        headline += f", {_times(b1)} than torch FP32"
-        if ort_ok:
-            headline += (
-                f" and {_times(ort['latency_ms']['b1_p50'] / q.latency_ms['b1_p50'])} "
-                "than ONNX Runtime FP32"
-            )
-        headline += " at batch 1"
-    headline += f", {100 * r.agreement:.1f}% same answers**"
+    pending = fmt.PENDING if not r.timed else fmt.NA
+    headline = (
+        f"**{fmt.smaller(r.size_ratio)}, {fmt.speedup(r.speedup(1), none=pending)} than torch FP32"
+    )
+    if ort_ok:
+        ort_b1 = r.speedup(1, against=ort["latency_ms"])
+        headline += f" and {fmt.speedup(ort_b1, none=pending)} than ONNX Runtime FP32"
+    headline += f" at batch 1, {fmt.percent(r.agreement, 1)} same answers**"
     st.markdown(headline + f" ({r.n_eval} test images, {r.threads} threads)")
-    drop = round(r.accuracy_drop_points, 2) + 0.0  # no "-0.00"
+    drop = r.accuracy_drop_points
+    changed = fmt.points(drop) != fmt.points(0)
     c = st.columns(5)
     c[0].metric(
         "Quantized top-1",
-        f"{100 * q.accuracy:.2f}%",
-        delta=f"{-drop:+.2f} pts" if drop else "no change",
-        delta_color="normal" if drop else "off",
-        delta_arrow="auto" if drop else "off",
-        delta_description=f"FP32 {100 * f.accuracy:.2f}%",
+        fmt.percent(q["accuracy"]),
+        delta=f"{fmt.points(-drop, signed=True)} pts" if changed else "no change",
+        delta_color="normal" if changed else "off",
+        delta_arrow="auto" if changed else "off",
+        delta_description=f"FP32 {fmt.percent(f['accuracy'])}",
         border=True,
+        help=f"Quantized top-1 {fmt.interval(u.int8_accuracy)}; drop "
+        f"{fmt.interval(u.drop, kind='points')} (bootstrap over the {r.n_eval} images). "
+        f"{u.mcnemar.verdict}",
     )
+    _, agreement, size, *speed = tables.summary_cards(summary)
+    _card(c[1], "Size: x smaller", fmt.ratio(r.size_ratio), size.note)
+    _speed_cards(c[2:4], "torch FP32", speed)
     _card(
-        c[1],
-        "Size: x smaller",
-        f"{size_ratio:.2f}x",
-        f"{fmt_bytes(f.size_bytes)} → {fmt_bytes(q.size_bytes)}",
+        c[4],
+        "Same top-1",
+        agreement.value,
+        f"{len(r.flipped())} of {r.n_eval} flipped",
+        help=f"Agreement {fmt.interval(u.agreement)}.",
     )
-    _speed_cards(c[2:4], "torch FP32", "torch", f.latency_ms, q.latency_ms)
-    _card(
-        c[4], "Same top-1", f"{100 * r.agreement:.2f}%", f"{len(r.flipped())} of {r.n_eval} flipped"
+    st.caption(
+        f"Drop {fmt.interval(u.drop, kind='points')}; quantized top-1 "
+        f"{fmt.interval(u.int8_accuracy)}; {u.mcnemar.verdict}"
     )
     c = st.columns(5)
-    if ort_ok and q.latency_ms is not None:
+    if ort_ok:
         c[0].caption("Speed-ups against the fastest FP32 a user has here:")
-        _speed_cards(c[2:4], "ONNX Runtime FP32", "ONNX RT", ort["latency_ms"], q.latency_ms)
+        ort_cards = tables.speedup_cards(
+            "ONNX RT FP32",
+            ort["latency_ms"],
+            q["latency_ms"],
+            r.speedup(1, against=ort["latency_ms"]),
+            r.speedup(32, against=ort["latency_ms"]),
+        )
+        _speed_cards(c[2:4], "ONNX Runtime FP32", ort_cards)
         c[4].caption(
             f"ONNX Runtime FP32 is the fastest FP32 a user has here ({ort['runtime']}, "
             f"{ort['threads']} threads, same timing rules)."
         )
     elif ort:
-        c[2].caption(f"ONNX Runtime FP32 baseline unavailable: {ort.get('error', 'pending')}")
+        c[2].caption(f"ONNX Runtime FP32 baseline unavailable: {ort['error']}")
     else:
-        _speed_cards(c[2:4], "ONNX Runtime FP32", "ONNX RT", None, q.latency_ms)
+        _speed_cards(
+            c[2:4], "ONNX Runtime FP32", tables.speedup_cards("ONNX RT FP32", None, None, None, None)
+        )
+    _reliability_warning(r)
+
+
+def _reliability_warning(r) -> None:
+    """Say when a latency on this page was measured on a machine too busy to believe it."""
+    reasons = []
+    for name, metrics in (("FP32", r.fp32), ("quantized", r.int8)):
+        for batch, verdict in (metrics.latency_reliability or {}).items():
+            if not verdict.reliable:
+                reasons.append(f"{name} {batch}: {'; '.join(verdict.reasons)}")
+    if reasons:
+        st.warning(
+            "Latency measured while the machine was busy; do not trust these speed-ups. "
+            + " · ".join(reasons)
+            + ". Close other programs and re-run; ratios within one run are the safest figure."
+        )
 
 
 def summary_settled(entry: RunEntry) -> bool:
@@ -286,20 +312,15 @@ def summary_settled(entry: RunEntry) -> bool:
     return entry.job.done and (not r.timed or cache.onnx_fp32(r) is not None)
 
 
-def _speed_cards(columns, baseline: str, short: str, base: dict | None, quant: dict | None) -> None:
-    for col, name, key in ((columns[0], "batch 1", "b1"), (columns[1], "batch 32", "b32")):
-        label = f"vs {short} FP32, {key}"  # a metric card shows ~20 characters of label
-        if base is None or quant is None:
-            _card(col, label, "pending", "being timed", help=f"{baseline} latency is measured "
-                  "after the accuracy; this card fills in when it is done.")  # fmt: skip
-            continue
+def _speed_cards(columns, baseline: str, cards) -> None:
+    for col, card, batch in zip(columns, cards, (1, 32), strict=True):
         _card(
             col,
-            label,
-            f"{base[f'{key}_p50'] / quant[f'{key}_p50']:.2f}x",
-            f"{base[f'{key}_p50']:.1f} → {quant[f'{key}_p50']:.1f} ms p50",
-            help=f"Speed-up at {name}: {baseline} median latency divided by the quantized "
-            "model's; above 1 is faster.",
+            card.title,  # a metric card shows ~20 characters of label
+            card.value,
+            card.note,
+            help=f"Speed-up at batch {batch}: {baseline} median latency divided by the "
+            "quantized model's; above 1 is faster.",
         )
 
 
