@@ -11,9 +11,9 @@ from aslquant.present import format as fmt
 from aslquant.present import tables
 from aslquant.present.markup import md_code_span, md_text
 from aslquant.recipe import (
-    FIELDS,
     ACT_OBSERVERS,
     BACKENDS,
+    FIELDS,
     QSCHEMES,
     REDUCE_RANGE_BY_DEFAULT,
     WEIGHT_OBSERVERS,
