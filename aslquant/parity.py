@@ -690,7 +690,7 @@ def runtime_gate(parity: Parity, max_disagreement_pct: float) -> GateVerdict:
         f"{TITLES.get(worst.runtime, worst.runtime)} vs {TITLES.get(worst.reference, worst.reference)}"
         f": {worst.disagreeing} of {worst.n} images differ"
     )
-    skipped = [r.name for r in parity.not_produced if r.name in REFERENCES]
+    skipped = [export.FILE_NAMES[r.name] for r in parity.not_produced if r.name in REFERENCES]
     tail = f" (not checked, not produced: {', '.join(skipped)})" if skipped else ""
     return GateVerdict(
         verdict.outcome, verdict.threshold, verdict.estimate, f"{who}; {verdict.reason}{tail}"
