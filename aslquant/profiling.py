@@ -709,11 +709,16 @@ def explain_speed(
     """
     features = features or machine.cpu_features()
     fp, q = breakdown.fp32, breakdown.int8
-    ratio = fp.end_to_end_ms / q.end_to_end_ms if q.end_to_end_ms > 0 else float("nan")
+    steady = fp.reliability.reliable and q.reliability.reliable
+    if steady:  # the latency itself can be quoted
+        f_ms, q_ms, how = fp.end_to_end_ms, q.end_to_end_ms, "median, without the profiler"
+    else:  # the least disturbed passes say more than medians taken on a busy machine
+        f_ms, q_ms = fp.profiled_ms, q.profiled_ms
+        how = f"fastest {FASTEST_SHARE:.0%} of the profiled passes; the machine was busy"
+    ratio = f_ms / q_ms if q_ms > 0 else float("nan")
     out = [
-        f"At batch {q.batch} with {q.threads} thread(s) the INT8 model took "
-        f"{q.end_to_end_ms:.2f} ms against FP32's {fp.end_to_end_ms:.2f} ms: "
-        f"INT8 is {_faster(ratio)}."
+        f"At batch {q.batch} with {q.threads} thread(s) the INT8 model took {q_ms:.2f} ms "
+        f"against FP32's {f_ms:.2f} ms ({how}): INT8 is {_faster(ratio)}."
     ]
     qdq = q.share(QDQ)
     if qdq == qdq:  # not NaN
@@ -732,8 +737,9 @@ def explain_speed(
         f"({fp.rows.get(MAX_POOL, 0.0):.3f} ms)."
     )
     compute = [r for r in breakdown.rows if r in LAYER_NAMES or r in (CONVOLUTIONS, LINEARS)]
-    slower = [r for r in compute if q.rows.get(r, 0.0) > fp.rows.get(r, 0.0) > 0]
-    faster = [r for r in compute if 0 < q.rows.get(r, 0.0) < fp.rows.get(r, 0.0)]
+    # Differences within 10% are not called faster or slower (run-to-run noise is that big).
+    slower = [r for r in compute if q.rows.get(r, 0.0) > 1.1 * fp.rows.get(r, 0.0) > 0]
+    faster = [r for r in compute if 0 < q.rows.get(r, 0.0) < 0.9 * fp.rows.get(r, 0.0)]
     if faster:
         best = max(faster, key=lambda r: fp.rows[r] / q.rows[r])
         out.append(
@@ -777,7 +783,7 @@ def explain_speed(
                 f"{len(shaky)} of {len(table.cells)} table cells were timed on a busy machine "
                 f"({'; '.join(reasons[:3])}): treat their ratios as indicative."
             )
-    if not (fp.reliability.reliable and q.reliability.reliable):
+    if not steady:
         out.append(
             "The breakdown itself was timed while the machine was busy: re-run it on a quiet "
             "machine before drawing conclusions from small differences."
