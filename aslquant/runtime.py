@@ -8,7 +8,7 @@ too. What it sets, and why:
   move to torchao. They still work and this tool uses them deliberately; the filters are narrow
   (those messages only), so every other warning still shows.
 * logger levels: torchao's import logs missing CUDA kernels and a pytree deprecation notice,
-  irrelevant on this CPU-only tool.
+  irrelevant on this CPU-only tool; torch.profiler's Kineto prints lines to stderr per session.
 * Pillow's decompression-bomb limit, set to aslquant's own pixel limit (the image loader also
   checks it itself, so this is belt and braces for any other Pillow use in the process).
 * Inductor freezing: lets torch.compile fold the pt2e INT8 weights into prepacked oneDNN
@@ -95,6 +95,8 @@ def configure(cache_dir: str | Path | None = None) -> None:
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
+    # torch.profiler's Kineto prints two "USDT:" lines per profiling session to stderr.
+    os.environ["KINETO_LOG_LEVEL"] = "6"
     _CONFIGURED["root"] = root
 
 
