@@ -150,6 +150,7 @@ _SECTIONS: tuple[tuple[str, Callable, tuple[str, Callable] | None], ...] = (
     ("bit_sweep", tables.bit_sweep_table, ("bits", figures.bit_sweep_figure)),
     ("sweep", tables.config_sweep_table, ("pareto", figures.pareto_figure)),
     ("qat_vs_ptq", tables.qat_table, None),
+    ("parity", tables.parity_table, None),
 )
 
 
@@ -163,6 +164,18 @@ def _analysis_blocks(report: Mapping) -> list[Block]:
         above = [Figure(figure[0], partial(figure[1], data))] if figure else []
         blocks += section(build_table(data), *above)
     return blocks
+
+
+def _profile_blocks(report: Mapping) -> list[Block]:
+    profile = report.get("profile")
+    if not profile:
+        return []
+    return [
+        *section(tables.breakdown_table(profile["breakdown"])),
+        *section(tables.threads_batch_table(profile["threads_batch"])),
+        Heading("Why the quantized model is faster or slower here"),
+        Bullets(tuple(profile.get("explanation", []))),
+    ]
 
 
 def _confusion_blocks(report: Mapping) -> list[Block]:
@@ -206,6 +219,7 @@ def run_report_blocks(report: Mapping) -> list[Block]:
     if report.get("onnx"):
         blocks += section(tables.onnx_table(report["onnx"]))
     blocks += _analysis_blocks(report)
+    blocks += _profile_blocks(report)
     blocks += _confusion_blocks(report)
     if report.get("per_class"):
         blocks += section(tables.per_class_table(report["per_class"]))

@@ -164,3 +164,24 @@ def test_foreign_seed_checkpoint_matches_plain_pytorch(tmp_path, scale, bgr):
 
 def test_demo_paths_exist():
     assert DEMO_CHECKPOINT.is_file() and DEMO_LABELS.is_file() and DEMO_DATA.is_dir()
+
+
+@pytest.mark.slow
+def test_runtime_disagreement_gate_fails_when_a_shipped_file_differs(
+    planted_checkpoint, tmp_path, capsys
+):
+    """ONNX Runtime's INT8 file (per-channel weights) and the validated torch model
+    (per-tensor weights collapsed by the planted channel) answer differently: exit 3."""
+    args = ["report", "--checkpoint", str(planted_checkpoint), "--eval-images", "58",
+            "--calib-images", "16", "--weight-observer", "minmax", "--input-size", "96"]  # fmt: skip
+    code = main([*args, "--out", str(tmp_path / "a"), "--max-runtime-disagreement", "1"])
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    gate = report["gates"][0]
+    assert gate["name"] == "--max-runtime-disagreement" and gate["failed"]
+    assert code == 3
+    assert "onnx" in capsys.readouterr().err.lower()
+    int8 = next(c for c in report["parity"]["shipped"] if c["runtime"] == "onnx_int8")
+    assert int8["disagreeing"] > 0 and len(int8["images"]) == int8["disagreeing"]
+    # Files the run could export exactly reproduce it.
+    ts = next(c for c in report["parity"]["shipped"] if c["runtime"] == "torchscript")
+    assert ts["disagreeing"] == 0

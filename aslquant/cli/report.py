@@ -15,6 +15,7 @@ from aslquant import analysis, export
 from aslquant.cli import EXIT_GATE, EXIT_OK, ProgressBar
 from aslquant.cli.options import add_run_options, config_from_args, points, whole_number
 from aslquant.errors import UnsupportedCombination
+from aslquant.machine import machine_summary
 
 
 def add_parser(sub) -> None:
@@ -34,9 +35,18 @@ def add_parser(sub) -> None:
     g.add_argument("--analysis-images", type=whole_number(1), default=analysis.VARIANT_IMAGES,
                    help="evaluation images for sensitivity / bit sweep / mixed precision "
                         f"(default {analysis.VARIANT_IMAGES})")  # fmt: skip
+    g.add_argument("--parity", action="store_true",
+                   help="run the same images through every exported file (TorchScript, .ptl, "
+                        "ONNX FP32/INT8) and compare them with the validated models")  # fmt: skip
+    g.add_argument("--profile", action="store_true",
+                   help="per-layer time of both models (torch.profiler), a threads x batch "
+                        "table, and why INT8 is faster or slower on this CPU")  # fmt: skip
     gates = rep.add_argument_group("gates (exit 3 when one fails)")
     gates.add_argument("--fail-if-drop", type=points, metavar="POINTS",
                        help="exit 3 if top-1 drops by more than this many points")  # fmt: skip
+    gates.add_argument("--max-runtime-disagreement", type=points, metavar="PCT",
+                       help="exit 3 if a shipped file disagrees with the validated model on "
+                            "more than PCT %% of images (implies --parity)")  # fmt: skip
     rep.add_argument("--out", required=True, help="output folder")
     rep.set_defaults(func=run)
 
@@ -68,15 +78,34 @@ def analyses(result, args: argparse.Namespace, progress, notes: list[str]) -> di
         sections["qat_vs_ptq"] = analysis.qat_vs_ptq(
             result.config, args.qat_vs_ptq, progress=progress
         )
+    if args.parity or args.max_runtime_disagreement is not None:
+        from aslquant.parity import runtime_parity
+
+        sections["parity"] = runtime_parity(result, args.out, progress=progress)
+    if args.profile:
+        from aslquant.profiling import explain_speed, threads_batch_table, time_breakdown
+
+        breakdown = time_breakdown(result, progress=progress)
+        table = threads_batch_table(result, progress=progress)
+        sections["profile"] = {
+            "breakdown": breakdown,
+            "threads_batch": table,
+            "explanation": list(explain_speed(breakdown, table)),
+        }
     return sections
 
 
-def gates(result, args: argparse.Namespace) -> list[dict]:
+def gates(result, args: argparse.Namespace, sections: dict) -> list[dict]:
     """The verdict of every gate asked for, each with its evidence (report.json ``gates``)."""
     verdicts = []
     if args.fail_if_drop is not None:
         verdict = result.drop_gate(args.fail_if_drop)
         verdicts.append({"name": "--fail-if-drop", **verdict.to_dict()})
+    if args.max_runtime_disagreement is not None:
+        from aslquant.parity import runtime_gate
+
+        verdict = runtime_gate(sections["parity"], args.max_runtime_disagreement)
+        verdicts.append({"name": "--max-runtime-disagreement", **verdict.to_dict()})
     return verdicts
 
 
@@ -104,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     result = execute(config, progress=bar)
     notes: list[str] = []
     sections = analyses(result, args, bar, notes)
-    sections["gates"] = gates(result, args)
+    sections["gates"] = gates(result, args, sections)
+    sections["machine"] = machine_summary()
     report = report_mod.report_dict(result, sections, notes=notes)
     files = report_mod.write_run_reports(report, args.out)
     print(_summary(report))

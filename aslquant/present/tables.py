@@ -531,3 +531,78 @@ def sweep_cards(rows: Iterable[Any], best: int = 3) -> tuple[Card, ...]:
         )
         for r in measured[:best]
     )
+
+
+# --- shipping: runtime parity and where the time goes --------------------------------------------
+
+
+def parity_table(parity: Mapping) -> Table:
+    """Each shipped file against the validated model it must reproduce (report.json ``parity``)."""
+    produced = {r["name"]: r for r in parity.get("runtimes", [])}
+    cols = (
+        _Col("shipped file", lambda r: produced.get(r["runtime"], {}).get("title", r["runtime"])),
+        _Col(
+            "checked against",
+            lambda r: produced.get(r["reference"], {}).get("title", r["reference"]),
+        ),
+        _Col("agreement", lambda r: fmt.interval(r["agreement"])),
+        _Col("images that differ", lambda r: f"{r['disagreeing']} of {r['n']}", numeric=False),
+        _Col("max |Δlogit|", lambda r: fmt.number(r.get("max_abs_logit"), 4)),
+        _Col("max Δ in output steps", lambda r: fmt.number(r.get("max_steps"), 1)),
+    )
+    missing = [
+        f"{r['title']}: not produced ({r['reason']})"
+        for r in parity.get("runtimes", [])
+        if not r.get("produced")
+    ]
+    notes = [
+        f"{parity.get('n_images')} images ({parity.get('subset')}), {parity.get('threads')} threads.",
+        *missing,
+        *parity.get("notes", []),
+    ]
+    return _records("Runtime parity: shipped files vs the validated models", cols,
+                    parity.get("shipped", []), notes)  # fmt: skip
+
+
+def breakdown_table(breakdown: Mapping) -> Table:
+    """Per-layer time of the FP32 and the quantized model (torch.profiler, batch 1)."""
+    cols = (
+        _Col("part", _key("row")),
+        _Col("FP32 (ms)", lambda r: fmt.number(r.get("fp32_ms"), 3), numeric=True),
+        _Col("FP32 share (%)", lambda r: _pct(r.get("fp32_share")), numeric=True),
+        _Col("quantized (ms)", lambda r: fmt.number(r.get("int8_ms"), 3), numeric=True),
+        _Col("quantized share (%)", lambda r: _pct(r.get("int8_share")), numeric=True),
+        _Col("quantized / FP32", lambda r: fmt.number(r.get("int8_over_fp32"), 2), numeric=True),
+    )
+    notes = [
+        f"Rows add up to {fmt.percent(breakdown['fp32'].get('coverage'), 0)} (FP32) and "
+        f"{fmt.percent(breakdown['int8'].get('coverage'), 0)} (quantized) of the end-to-end "
+        "time measured the same way"
+        + (
+            "."
+            if breakdown.get("adds_up")
+            else ": outside the 15% tolerance, re-run on a quiet machine."
+        ),
+        *breakdown.get("notes", []),
+    ]
+    return _records("Where the time goes, layer by layer", cols, breakdown.get("table", []), notes)
+
+
+def threads_batch_table(table: Mapping) -> Table:
+    """FP32 and quantized latency over thread counts x batch sizes, each cell judged."""
+    cols = (
+        _Col("threads", lambda r: str(r["threads"]), numeric=True),
+        _Col("batch", lambda r: str(r["batch"]), numeric=True),
+        _Col(
+            "FP32 p50 / p95 (ms)",
+            lambda r: f"{fmt.ms(r['fp32']['p50_ms'])} / {fmt.ms(r['fp32']['p95_ms'])}",
+        ),
+        _Col(
+            "quantized p50 / p95 (ms)",
+            lambda r: f"{fmt.ms(r['int8']['p50_ms'])} / {fmt.ms(r['int8']['p95_ms'])}",
+        ),
+        _Col("speed-up", lambda r: fmt.ratio(r.get("speedup"))),
+        _Col("calls", lambda r: str(r.get("runs")), numeric=True),
+        _Col("reliable", lambda r: "yes" if r.get("reliable") else "NO: busy machine"),
+    )
+    return _records("Threads x batch", cols, table.get("cells", []), table.get("notes", []))
