@@ -148,3 +148,50 @@ with widgets.guard("the Compare page"):
                     )
         if len(flipped) > limit:
             st.caption(f"First {limit} shown; report.json lists all {len(flipped)}.")
+
+        st.subheader("Where the time goes")
+        st.caption(
+            "Why is INT8 faster (or slower) here? torch.profiler splits one forward pass of each "
+            "model into its layers, pools and the quantize/dequantize conversions; the CPU's "
+            "instruction sets say what the INT8 kernels can use."
+        )
+        with widgets.guard("the time breakdown"):
+            from aslquant.machine import backend_notes, cpu_features, reduce_range_advice
+
+            features = cpu_features()
+            with st.expander(
+                "This CPU: " + (", ".join(features.present()) or "instruction sets unknown")
+            ):
+                for note in backend_notes(features):
+                    st.markdown(f"**{md_text(note.backend)}**: {md_text(note.text)}")
+                st.markdown(f"**reduce_range**: {md_text(reduce_range_advice(features))}")
+            timing = widgets.on_request(
+                f"breakdown_{entry.key}",
+                "Profiles both models of the selected run at batch 1 (about half a minute).",
+                "Profile both models",
+                "breakdown_go",
+                "Profiling",
+                lambda: cache.time_breakdown(entry.result),
+            )
+            if timing:
+                widgets.plot(figures.breakdown_figure(timing["breakdown"]), key="breakdown")
+                table = tables.breakdown_table(timing["breakdown"])
+                st.dataframe(table.to_frame(), hide_index=True, width="stretch")
+                for note in table.notes:
+                    st.caption(note)
+                for line in timing["explanation"]:
+                    st.markdown(f"- {md_text(line)}")
+            grid = widgets.on_request(
+                f"threads_batch_{entry.key}",
+                "Times both models at 1 and all threads x batch 1, 8 and 32, each cell judged "
+                "for reliability (one to two minutes).",
+                "Time threads x batch",
+                "threads_batch_go",
+                "Threads x batch",
+                lambda: cache.threads_batch(entry.result),
+            )
+            if grid:
+                table = tables.threads_batch_table(grid)
+                st.dataframe(table.to_frame(), hide_index=True, width="stretch")
+                for note in table.notes:
+                    st.caption(note)

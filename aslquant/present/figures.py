@@ -393,3 +393,28 @@ def sensitivity_figure(rows: list[dict]) -> go.Figure:
         "layer kept in FP32",
         "top-1 gained vs all-quantized (percentage points)",
     )
+
+
+def breakdown_figure(breakdown: dict) -> go.Figure:
+    """Per-part time (ms, batch 1) of the FP32 and the quantized model, side by side."""
+    rows = breakdown.get("table", [])
+    parts = [r["row"] for r in rows]
+    fig = go.Figure()
+    for key, label, color in (
+        ("fp32_ms", "FP32", COLORS["fp32"]),
+        ("int8_ms", "quantized", COLORS["int8"]),
+    ):
+        fig.add_bar(
+            x=parts,
+            y=[_num(r.get(key)) for r in rows],
+            name=label,
+            marker_color=color,
+            hovertemplate="%{x}: %{y:.3f} ms<extra>" + label + "</extra>",
+        )
+    return _layout(
+        fig,
+        "Where the time goes (torch.profiler, batch 1)",
+        "part of the model",
+        "time per forward (ms)",
+        barmode="group",
+    )

@@ -220,3 +220,37 @@ def doctor(result: RunResult, target_drop: float | None, seeds: int) -> Job:
             result.config, target_drop, seeds=seeds, progress=progress, fp32=result.baseline
         ),
     )
+
+
+def time_breakdown(result: RunResult) -> Job:
+    """Per-layer time of both models and why INT8 is faster or slower on this CPU."""
+    from aslquant.profiling import explain_speed
+    from aslquant.profiling import time_breakdown as breakdown_of
+
+    def compute(progress) -> dict:
+        breakdown = breakdown_of(result, progress=progress)
+        return {"breakdown": breakdown.to_dict(), "explanation": list(explain_speed(breakdown))}
+
+    return service.analysis_job("breakdown", result, None, compute)
+
+
+def threads_batch(result: RunResult) -> Job:
+    from aslquant.profiling import threads_batch_table
+
+    return service.analysis_job(
+        "threads_batch",
+        result,
+        None,
+        lambda progress: threads_batch_table(result, progress=progress).to_dict(),
+    )
+
+
+def runtime_parity(result: RunResult) -> Job:
+    from aslquant.parity import runtime_parity as parity_of
+
+    def compute(progress) -> dict:
+        folder = _export_root() / result.key / "parity"
+        folder.mkdir(parents=True, exist_ok=True)
+        return parity_of(result, folder, progress=progress).to_dict()
+
+    return service.analysis_job("parity", result, None, compute)
