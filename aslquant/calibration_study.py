@@ -91,7 +91,7 @@ DEFAULT_SIZES: tuple[int, ...] = (8, 32, 128, 512)
 DEFAULT_TOLERANCE_POINTS = 0.5
 
 
-def _digest(items: Sequence[LabeledImage]) -> str:
+def images_digest(items: Sequence[LabeledImage]) -> str:
     """A short fingerprint of an ordered list of images (their display names and labels)."""
     blob = json.dumps([[it.display, it.label] for it in items])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -140,15 +140,31 @@ class StudySplit:
     def n_eval(self) -> int:
         return len(self.inputs.eval_items)
 
+    def info(self) -> SplitInfo:
+        """The plain facts a result keeps (not the live model and image lists)."""
+        return SplitInfo(
+            n_eval=self.n_eval,
+            run_eval_images=self.run_eval_images,
+            pool_images=len(self.pool),
+            same_as_run=self.same_as_run,
+            evaluation_digest=images_digest(self.inputs.eval_items),
+            description=self.description,
+        )
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What a study was evaluated on: images, pool, and whether it is the run's own set."""
+
+    n_eval: int
+    run_eval_images: int
+    pool_images: int
+    same_as_run: bool
+    evaluation_digest: str
+    description: str
+
     def to_dict(self) -> dict:
-        return {
-            "evaluation_images": self.n_eval,
-            "run_evaluation_images": self.run_eval_images,
-            "pool_images": len(self.pool),
-            "same_as_run": self.same_as_run,
-            "evaluation_digest": _digest(self.inputs.eval_items),
-            "description": self.description,
-        }
+        return dataclasses.asdict(self)
 
 
 def study_split(config: RunConfig, largest: int, inputs: LoadedInputs | None = None) -> StudySplit:
@@ -265,8 +281,8 @@ def _scored(
         agreement=float((f == q).mean()),
         flips=int((f != q).sum()),
         drop=stats.paired_drop_interval(fp32_ok, int8_ok),
-        calibration_digest=_digest(calib),
-        evaluation_digest=_digest(
+        calibration_digest=images_digest(calib),
+        evaluation_digest=images_digest(
             [LabeledImage("", d, int(lab)) for d, lab in zip(evaluation.displays, y, strict=True)]
         ),
         seconds=seconds,
@@ -274,7 +290,7 @@ def _scored(
 
 
 def _draw_key(inputs: LoadedInputs, calib: Sequence[LabeledImage]) -> str:
-    parts = [inputs.key, inputs.fp32_key, _digest(calib)]
+    parts = [inputs.key, inputs.fp32_key, images_digest(calib)]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -383,7 +399,7 @@ class SeedStudy:
     calib_images: int
     draws: tuple[CalibrationDraw, ...]
     fp32_accuracy: float
-    split: StudySplit
+    split: SplitInfo
     mean_overlap: float | None
     drop: stats.SeedSpread
     int8_accuracy: stats.SeedSpread
@@ -482,7 +498,7 @@ def seed_spread_of(
         calib_images=n_calib,
         draws=draws,
         fp32_accuracy=_fp32_accuracy(base),
-        split=split,
+        split=split.info(),
         mean_overlap=overlap,
         drop=stats.seed_spread([d.drop_points for d in draws]),
         int8_accuracy=stats.seed_spread([d.int8_accuracy for d in draws], stats.FRACTION),
@@ -541,7 +557,7 @@ class CalibrationStudy:
     points: tuple[SizePoint, ...]
     skipped_sizes: tuple[int, ...]
     fp32_accuracy: float
-    split: StudySplit
+    split: SplitInfo
     tolerance_points: float
     enough_from: int | None
     reading: str
@@ -636,8 +652,10 @@ def _reading(points: Sequence[SizePoint], enough: int | None, tolerance: float) 
     if enough == ref.size:
         before = smaller[-1]
         return (
-            f"The drop has not settled by {ref.size} calibration images: with {before.size} it "
-            f"was {span(before)}, with {ref.size} {span(ref)}; more images may change it further"
+            f"Below {ref.size} calibration images some seed's drop lies more than "
+            f"{tolerance:.2f} points from the drop with {ref.size} ({span(ref)}); with "
+            f"{before.size} it was {span(before)}: calibrate on {ref.size} images or judge the "
+            "drop with its seed spread"
         )
     worst = smaller[-1]
     return (
@@ -721,7 +739,7 @@ def calibration_size_study(
         points=tuple(points),
         skipped_sizes=skipped,
         fp32_accuracy=_fp32_accuracy(base),
-        split=split,
+        split=split.info(),
         tolerance_points=tolerance,
         enough_from=enough,
         reading=_reading(points, enough, tolerance),

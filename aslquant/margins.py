@@ -11,9 +11,11 @@ call. This module measures it on a run's evaluation images.
 - **Flip**: INT8's top-1 class differs from FP32's (as ``RunResult.flipped``).
 - **Unsure**: margin below ``UNSURE_MARGIN`` (0.2): the runner-up is within 20 percentage
   points of the winner. The threshold is a parameter; the bins show the whole curve.
-- **Bins**: the images sorted by margin and cut into ``bins`` groups of (nearly) equal size
-  (deciles by default), so every bin has images even when many margins tie near 1; each image
-  and each flip is counted in exactly one bin.
+- **Bins**: by default the images sorted by margin and cut into ``bins`` groups of (nearly)
+  equal size (deciles), so every bin has images even when many margins tie near 1; with
+  ``equal_width=True``, ``bins`` equal-width margin ranges over 0..1 instead (flips usually
+  crowd into the first decile, and fixed ranges show how the flip rate falls with the margin).
+  Either way each image and each flip is counted in exactly one bin.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ def _read_only(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MarginBin:
-    """Images whose FP32 margin lies in ``low..high`` (inclusive, the bin's own extremes).
+    """Images whose FP32 margin lies in ``low..high``.
 
+    Equal-count bins: ``low``/``high`` are the smallest and largest margin inside. Equal-width
+    bins: they are the range's edges (each range includes its low edge; the last also 1.0).
     ``flips_breaking``: flips where FP32 was right and INT8 is wrong (the flips that cost
-    accuracy); ``flip_rate`` is flips / images.
+    accuracy); ``flip_rate`` is flips / images (None for an empty range).
     """
 
     low: float
@@ -51,7 +55,7 @@ class MarginBin:
     images: int
     flips: int
     flips_breaking: int
-    flip_rate: float
+    flip_rate: float | None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -61,6 +65,8 @@ class MarginBin:
 class FlipMargins:
     """Flips against the FP32 margin: headline counts, bins for a plot, per-image arrays.
 
+    ``unsure_flip_rate`` / ``sure_flip_rate``: share of flipped images below / at or above the
+    threshold, with Wilson's 95% interval (None when no image is on that side).
     ``margins`` / ``flipped`` hold one value per evaluation image (read-only, in evaluation
     order) for a scatter plot; ``to_dict`` leaves them out (``per_image=True`` adds them).
     """
@@ -71,8 +77,8 @@ class FlipMargins:
     unsure_images: int
     unsure_flips: int
     sure_flips: int
-    unsure_flip_rate: stats.Interval
-    sure_flip_rate: stats.Interval
+    unsure_flip_rate: stats.Interval | None
+    sure_flip_rate: stats.Interval | None
     median_margin_flipped: float | None
     median_margin_kept: float | None
     bins: tuple[MarginBin, ...]
@@ -101,8 +107,8 @@ class FlipMargins:
             "unsure_images": self.unsure_images,
             "unsure_flips": self.unsure_flips,
             "sure_flips": self.sure_flips,
-            "unsure_flip_rate": self.unsure_flip_rate.to_dict(),
-            "sure_flip_rate": self.sure_flip_rate.to_dict(),
+            "unsure_flip_rate": _interval_dict(self.unsure_flip_rate),
+            "sure_flip_rate": _interval_dict(self.sure_flip_rate),
             "median_margin_flipped": self.median_margin_flipped,
             "median_margin_kept": self.median_margin_kept,
             "bins": [b.to_dict() for b in self.bins],
@@ -124,12 +130,41 @@ def fp32_margins(evaluation: PairEvaluation) -> np.ndarray:
     return np.clip(probs[:, 0] - probs[:, 1], 0.0, 1.0)
 
 
+def _rate(flips: np.ndarray) -> stats.Interval | None:
+    """Share of flipped images with Wilson's interval; None when there are no images."""
+    return stats.wilson_interval(int(flips.sum()), len(flips)) if len(flips) else None
+
+
+def _interval_dict(interval: stats.Interval | None) -> dict | None:
+    return None if interval is None else interval.to_dict()
+
+
 def _median(values: np.ndarray) -> float | None:
     return float(np.median(values)) if values.size else None
 
 
+def _groups(
+    margins: np.ndarray, bins: int, equal_width: bool
+) -> list[tuple[float, float, np.ndarray]]:
+    """(low, high, image indices) per bin; every image in exactly one bin."""
+    if equal_width:
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        # Bin i holds edges[i] <= margin < edges[i+1]; margin 1.0 joins the last bin.
+        which = np.minimum(np.searchsorted(edges, margins, side="right") - 1, bins - 1)
+        return [(edges[i], edges[i + 1], np.nonzero(which == i)[0]) for i in range(bins)]
+    order = np.argsort(margins, kind="stable")
+    if not len(order):
+        return []
+    chunks = np.array_split(order, min(bins, len(order)))
+    return [(margins[g].min(), margins[g].max(), g) for g in chunks]
+
+
 def flip_margins(
-    evaluation: PairEvaluation, threshold: float = UNSURE_MARGIN, bins: int = DEFAULT_BINS
+    evaluation: PairEvaluation,
+    threshold: float = UNSURE_MARGIN,
+    bins: int = DEFAULT_BINS,
+    *,
+    equal_width: bool = False,
 ) -> FlipMargins:
     """Where the flips of a run (``result.evaluation``) happen, by FP32 margin."""
     if not (isinstance(threshold, int | float) and 0.0 < threshold <= 1.0):
@@ -141,10 +176,6 @@ def flip_margins(
     flipped = f != q
     breaking = flipped & (f == y) & (q != y)
     unsure = margins < threshold
-    order = np.argsort(margins, kind="stable")
-    groups = (
-        [g for g in np.array_split(order, min(bins, len(order))) if len(g)] if len(order) else []
-    )
     return FlipMargins(
         threshold=float(threshold),
         n=int(len(margins)),
@@ -152,20 +183,20 @@ def flip_margins(
         unsure_images=int(unsure.sum()),
         unsure_flips=int((flipped & unsure).sum()),
         sure_flips=int((flipped & ~unsure).sum()),
-        unsure_flip_rate=stats.wilson_interval(int((flipped & unsure).sum()), int(unsure.sum())),
-        sure_flip_rate=stats.wilson_interval(int((flipped & ~unsure).sum()), int((~unsure).sum())),
+        unsure_flip_rate=_rate(flipped[unsure]),
+        sure_flip_rate=_rate(flipped[~unsure]),
         median_margin_flipped=_median(margins[flipped]),
         median_margin_kept=_median(margins[~flipped]),
         bins=tuple(
             MarginBin(
-                low=float(margins[g].min()),
-                high=float(margins[g].max()),
+                low=float(low),
+                high=float(high),
                 images=int(len(g)),
                 flips=int(flipped[g].sum()),
                 flips_breaking=int(breaking[g].sum()),
-                flip_rate=float(flipped[g].mean()),
+                flip_rate=float(flipped[g].mean()) if len(g) else None,
             )
-            for g in groups
+            for low, high, g in _groups(margins, bins, equal_width)
         ),
         margins=_read_only(margins),
         flipped=_read_only(flipped),

@@ -28,11 +28,10 @@ class-balanced (10 images per class for the 29 ASL classes). ``RobustnessSplit.i
 Cost
 ----
 1 + corruptions x severities passes (25 by default) of both models over the subset, plus the
-corruptions themselves (about a millisecond per 224-pixel image; JPEG and blur are the dearest).
-At 224 px on one thread this is about 25 x (the run's FP32 + INT8 evaluation time of 290
-images); ``bench/studies.py`` prints the measured seconds. Decoded source images are kept for
-the whole split up to ``DECODED_BUDGET_BYTES`` (beyond it, an image is decoded again per
-condition).
+corruptions themselves: about 25 x (the run's FP32 + INT8 evaluation time of 290 images).
+Each row records its seconds and the part spent corrupting; ``bench/studies.py`` prints both.
+Decoded source images are kept for the whole split up to ``DECODED_BUDGET_BYTES`` (beyond it,
+an image is decoded again per condition).
 """
 
 from __future__ import annotations
@@ -89,7 +88,9 @@ class RobustnessRow:
     gap_change: float | None
     gap_change_interval: stats.Interval | None
     psnr_db: float | None
-    seconds: float
+    #: Wall-clock seconds of the whole condition, and of the corruption step alone.
+    seconds: float = 0.0
+    corruption_seconds: float = 0.0
 
     @property
     def label(self) -> str:
@@ -114,6 +115,7 @@ class RobustnessRow:
             ),
             "psnr_db": self.psnr_db,
             "seconds": self.seconds,
+            "corruption_seconds": self.corruption_seconds,
         }
 
 
@@ -197,16 +199,27 @@ class _Sources:
 
 
 def _batches(
-    sources: _Sources, pp: Preprocess, name: str | None, severity: int, seed: int, psnr: list
+    sources: _Sources,
+    pp: Preprocess,
+    name: str | None,
+    severity: int,
+    seed: int,
+    psnr: list[float],
+    spent: list[float],
 ) -> Iterator[Batch]:
-    """Batches of the subset under one condition (``name=None``: clean), in subset order."""
+    """Batches of the subset under one condition (``name=None``: clean), in subset order.
+
+    Appends each image's PSNR to ``psnr`` and adds the seconds spent corrupting to ``spent[0]``.
+    """
     items = sources.items
     for start in range(0, len(items), _BATCH):
         pixels = []
         for i in range(start, min(start + _BATCH, len(items))):
             rgb = sources.rgb(i)
             if name is not None:
+                t0 = time.perf_counter()
                 damaged = corr.corrupt_array(rgb, name, severity, seed=seed, index=i)
+                spent[0] += time.perf_counter() - t0
                 psnr.append(min(100.0, corr.psnr(rgb, damaged)))
                 rgb = damaged
             pixels.append(pp.pixels(Image.fromarray(rgb, "RGB")))
@@ -255,7 +268,6 @@ def _row(
     int8_top1: np.ndarray,
     clean: tuple[np.ndarray, np.ndarray] | None,
     psnr: list[float],
-    seconds: float,
 ) -> RobustnessRow:
     summary = stats.pair_summary(labels, fp32_top1, int8_top1)
     change, change_interval = None, None
@@ -277,7 +289,6 @@ def _row(
         gap_change=change,
         gap_change_interval=change_interval,
         psnr_db=float(np.mean(psnr)) if psnr else None,
-        seconds=seconds,
     )
 
 
@@ -328,12 +339,14 @@ def robustness_split(
     for position, (name, title, severity) in enumerate(conditions):
         t0 = time.perf_counter()
         psnr: list[float] = []
-        batches = _batches(sources, pp, name, severity, seed, psnr)
+        spent = [0.0]
+        batches = _batches(sources, pp, name, severity, seed, psnr, spent)
         ev = evaluate_models(models, batches, threads=config.threads)
         labels = ev["fp32"].labels
         f, q = ev["fp32"].predictions.top1, ev["int8"].predictions.top1
-        row = _row(
-            name or CLEAN, title, severity, labels, f, q, clean, psnr, time.perf_counter() - t0
+        row = _row(name or CLEAN, title, severity, labels, f, q, clean, psnr)
+        row = dataclasses.replace(
+            row, seconds=time.perf_counter() - t0, corruption_seconds=spent[0]
         )
         if name is None:
             clean = (f == labels, q == labels)

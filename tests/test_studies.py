@@ -166,7 +166,8 @@ def test_enough_from_is_the_smallest_size_whose_drops_stay_near_the_largest():
     points[1] = _point(32, [2.0, 0.7, 0.5])
     assert cs.enough_from(points, 0.5) == 128
     assert cs.enough_from([_point(8, [9.0, 9.0, 9.0]), points[-1]], 0.5) == 512
-    assert "has not settled" in cs._reading([_point(8, [9.0] * 3), points[-1]], 512, 0.5)
+    reading = cs._reading([_point(8, [9.0] * 3), points[-1]], 512, 0.5)
+    assert reading.startswith("Below 512 calibration images some seed's drop lies more than 0.50")
     assert cs.enough_from([_point(8, [0.4, 0.5, 0.6]), points[-1]], 0.5) == 8
     assert cs.enough_from(points[-1:], 0.5) is None
 
@@ -181,13 +182,13 @@ def test_seed_spread_keeps_the_evaluation_set_and_reuses_the_fp32_baseline(small
     study = cs.seed_spread_of(config, k=3, baseline=small_run.baseline)
     assert count_fp32 == [] and study.fp32_evaluations == 0  # FP32 never evaluated again
     assert study.split.same_as_run and study.k == 3
-    run_digest = cs._digest(load_inputs(config).eval_items)
+    run_digest = cs.images_digest(load_inputs(config).eval_items)
     assert {d.evaluation_digest for d in study.draws} == {run_digest}
     assert len({d.calibration_digest for d in study.draws}) == 3
     # The first draw is the run's own calibration set: the same model, the same figures.
     first = study.draws[0]
     assert first.seed is None
-    assert first.calibration_digest == cs._digest(small_run.calib_items)
+    assert first.calibration_digest == cs.images_digest(small_run.calib_items)
     assert first.int8_accuracy == small_run.int8.accuracy
     assert first.drop_points == pytest.approx(small_run.accuracy_drop_points, abs=1e-9)
     assert first.flips == len(small_run.flipped())
@@ -211,7 +212,7 @@ def test_carved_study_evaluates_fp32_once_on_its_own_fixed_images(tmp_path, coun
     assert count_fp32 == [1] and study.fp32_evaluations == 1
     assert len({d.evaluation_digest for d in study.draws}) == 1
     assert study.split.n_eval == 87 - 32
-    assert study.draws[0].calibration_digest == cs._digest(run.calib_items)
+    assert study.draws[0].calibration_digest == cs.images_digest(run.calib_items)
     _json(study.to_dict())
 
 
@@ -286,7 +287,8 @@ def test_corrupted_split_is_deterministic_and_seeded(small_run):
         split = rb.robustness_split(
             small_run, corruptions=["impulse_noise"], severities=[3], images=29, seed=seed
         )
-        return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in split.rows]
+        timing = ("seconds", "corruption_seconds")
+        return [{k: v for k, v in r.to_dict().items() if k not in timing} for r in split.rows]
 
     first = rows(7)
     assert rows(7) == first
@@ -318,7 +320,6 @@ def _row(name: str, estimate: float, low: float, high: float) -> rb.RobustnessRo
         gap_change=None,
         gap_change_interval=None,
         psnr_db=30.0,
-        seconds=0.0,
     )
 
 
@@ -387,6 +388,12 @@ def test_margins_count_each_flip_once_by_hand():
     assert m.median_margin_flipped == pytest.approx(0.15)
     assert m.headline.startswith("2 of 3 flips (67%) happened where FP32 was unsure")
     _json(m.to_dict(per_image=True))
+    wide = mg.flip_margins(_pair(probs, fp32, int8, labels), bins=5, equal_width=True)
+    edges = [edge for b in wide.bins for edge in (b.low, b.high)]
+    assert edges == pytest.approx([0.0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.6, 0.8, 0.8, 1.0])
+    assert [(b.images, b.flips) for b in wide.bins] == [(3, 2), (0, 0), (1, 0), (0, 0), (2, 1)]
+    assert wide.bins[1].flip_rate is None
+    _json(wide.to_dict())
 
 
 def test_margins_with_tied_confident_images_keep_every_bin_filled():
@@ -396,6 +403,11 @@ def test_margins_with_tied_confident_images_keep_every_bin_filled():
     assert sum(b.flips for b in m.bins) == 1 and m.bins[0].flips == 1
     none = mg.flip_margins(_pair(probs, [0] * 8, [0] * 8, [0] * 8))
     assert none.flips == 0 and none.headline.startswith("INT8 changed no top-1")
+    # Margin exactly 1 belongs to the last equal-width range; no unsure image: rate None.
+    sure = mg.flip_margins(_pair(probs[:7], [0] * 7, [0] * 6 + [2], [0] * 7), equal_width=True)
+    assert sure.bins[-1].images == 7 and sure.bins[-1].flips == 1
+    assert sure.unsure_flip_rate is None and sure.sure_flip_rate.estimate == pytest.approx(1 / 7)
+    _json(sure.to_dict())
 
 
 def test_margins_of_a_real_run_match_its_flipped_images(small_run):
