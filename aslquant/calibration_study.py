@@ -27,10 +27,12 @@ and draw calibration images only from the images outside it (the *calibration po
 - Otherwise (e.g. the default "evaluate every image the calibration set leaves"), the pool
   would be the run's own calibration images and every draw would be the same. The study then
   *carves* a pool: the first ``POOL_FACTOR`` x largest-size images of the run's own seeded
-  deal (at most half of the images), and evaluates on the images after it. The deal is the
-  same one the run used, so the run's own calibration images are inside the pool, and the
-  evaluation set is the run's minus the extra pool images. ``StudySplit.same_as_run`` says
-  which case applied; the FP32 model is then evaluated once on the study's evaluation set.
+  deal (at most half of the images). The deal is the same one the run used, so the run's own
+  calibration images are inside the pool; the evaluation set is the run's own minus the pool
+  images, in the run's order. The FP32 model is then evaluated once on it.
+
+A study's ``split`` (``SplitInfo``) says which case applied (``same_as_run``), how many images
+were evaluated and how many the pool held.
 
 Each draw is a class-stratified ``data.sample`` of the pool with its own seed. For one seed the
 draws of different sizes are nested (the 32-image draw contains the 8-image draw), so a curve
@@ -201,7 +203,11 @@ def study_split(config: RunConfig, largest: int, inputs: LoadedInputs | None = N
             f"the run's {run_eval} evaluation images; calibration drawn from the {len(rest)} "
             "images it does not evaluate",
         )
-    pool, evaluation = data_mod.stratified_split(items, carve, config.eval_images, config.seed)
+    # The first ``carve`` images of the run's own deal: its calibration images come first in
+    # that deal, so they are inside the pool.
+    pool = data_mod.stratified_split(items, carve, 0, config.seed)[0]
+    held_out = set(pool)
+    evaluation = [it for it in inputs.eval_items if it not in held_out]
     if not evaluation:
         raise InputError(f"{config.data}: too few images to hold out a calibration pool")
     # Derived from the run's FP32 key (model, labels, preprocessing, threads) and the study's

@@ -94,13 +94,21 @@ def test_split_carves_a_pool_when_every_other_image_is_evaluated():
     assert not split.same_as_run
     assert len(split.pool) == cs.POOL_FACTOR * n_calib
     assert set(inputs.calib_items) <= set(split.pool)  # the run's own draw is one of the pool's
-    assert set(split.inputs.eval_items) <= set(inputs.eval_items)
+    assert split.inputs.eval_items == tuple(it for it in inputs.eval_items if it not in split.pool)
     assert not set(split.pool) & set(split.inputs.eval_items)
     assert split.n_eval == len(inputs.image_set.items) - len(split.pool)
     assert split.inputs.fp32_key != inputs.fp32_key  # the run's baseline must not be reused
     # At most half of the images go to the pool, whatever the size asked for.
     big = cs.study_split(config, 4096, inputs)
     assert len(big.pool) == len(inputs.image_set.items) // 2
+    # With --eval-images the carved evaluation set is still the run's own, minus the pool.
+    config = _small(eval_images=1000).with_recipe(calib_images=64)
+    inputs = load_inputs(config)
+    split = cs.study_split(config, 64, inputs)
+    assert not split.same_as_run and len(split.pool) == 256
+    assert set(inputs.calib_items) <= set(split.pool)
+    assert split.inputs.eval_items == tuple(it for it in inputs.eval_items if it not in split.pool)
+    assert split.info().to_dict()["n_eval"] == split.n_eval < 1000
 
 
 def test_split_with_calib_data_draws_from_that_folder(tmp_path):
