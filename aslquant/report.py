@@ -151,6 +151,14 @@ _SECTIONS: tuple[tuple[str, Callable, tuple[str, Callable] | None], ...] = (
     ("sweep", tables.config_sweep_table, ("pareto", figures.pareto_figure)),
     ("qat_vs_ptq", tables.qat_table, None),
     ("parity", tables.parity_table, None),
+    ("seed_spread", tables.seed_spread_table, None),
+    (
+        "calibration_study",
+        tables.calibration_study_table,
+        ("calibration", figures.calibration_study_figure),
+    ),
+    ("robustness", tables.robustness_table, ("robustness", figures.robustness_figure)),
+    ("margins", tables.margins_table, ("margins", figures.margins_figure)),
 )
 
 
@@ -370,8 +378,15 @@ def doctor_findings_table(doctor: Mapping) -> tables.Table:
         )
     return tables.Table(
         "Findings, ranked",
-        ("rank", "finding", "impact (points)", "best remedy", "won back (points)",
-         "drop over seeds (points)", "within the spread of"),  # fmt: skip
+        (
+            "rank",
+            "finding",
+            "impact (points)",
+            "best remedy",
+            "won back (points)",
+            "drop over seeds (points)",
+            "within the spread of",
+        ),  # fmt: skip
         tuple(rows),
         notes=(
             f"Measured on {doctor['n_selection']} selection images with {doctor['seeds']} "
@@ -386,7 +401,12 @@ def doctor_steps_table(prescription: Mapping) -> tables.Table:
         "Meet my budget: the steps",
         ("step", "recipe", "drop on selection, mean (points)", "seed spread (points)"),
         tuple(
-            (s["step"], s["trial"]["describe"], f"{s['trial']['drop_mean']:.2f}", _spread(s["trial"]))
+            (
+                s["step"],
+                s["trial"]["describe"],
+                f"{s['trial']['drop_mean']:.2f}",
+                _spread(s["trial"]),
+            )
             for s in prescription["steps"]
         ),
         numeric=frozenset({"drop on selection, mean (points)"}),

@@ -185,3 +185,22 @@ def test_runtime_disagreement_gate_fails_when_a_shipped_file_differs(
     # Files the run could export exactly reproduce it.
     ts = next(c for c in report["parity"]["shipped"] if c["runtime"] == "torchscript")
     assert ts["disagreeing"] == 0
+
+
+@pytest.mark.slow
+def test_robust_gap_gate_fails_on_a_model_int8_breaks(planted_checkpoint, tmp_path, capsys):
+    args = ["report", "--checkpoint", str(planted_checkpoint), "--eval-images", "58",
+            "--calib-images", "16", "--weight-observer", "minmax", "--input-size", "96"]  # fmt: skip
+    code = main([*args, "--out", str(tmp_path / "a"), "--max-robust-gap", "2", "--seeds", "3"])
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    names = [g["name"] for g in report["gates"]]
+    assert names == ["--max-robust-gap"]
+    assert report["gates"][0]["failed"] and code == 3
+    assert "--max-robust-gap" in capsys.readouterr().err
+    rows = report["robustness"]["rows"]
+    assert rows[0]["corruption"] == "clean" and len(rows) == 1 + 8 * 3
+    assert report["seed_spread"]["k"] == 3 and len(report["seed_spread"]["draws"]) == 3
+    assert report["margins"]["flips"] == len(report["flipped"])
+    markdown = (tmp_path / "a" / "report.md").read_text()
+    for title in ("Robustness", "Calibration luck", "confidence margin", "Gates"):
+        assert title in markdown

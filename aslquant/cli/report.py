@@ -16,6 +16,7 @@ from aslquant.cli import EXIT_GATE, EXIT_OK, ProgressBar
 from aslquant.cli.options import add_run_options, config_from_args, points, whole_number
 from aslquant.errors import UnsupportedCombination
 from aslquant.machine import machine_summary
+from aslquant.margins import flip_margins
 
 
 def add_parser(sub) -> None:
@@ -41,9 +42,20 @@ def add_parser(sub) -> None:
     g.add_argument("--profile", action="store_true",
                    help="per-layer time of both models (torch.profiler), a threads x batch "
                         "table, and why INT8 is faster or slower on this CPU")  # fmt: skip
+    g.add_argument("--seeds", type=whole_number(3, 20), metavar="K",
+                   help="re-run the recipe with K calibration draws: the drop's seed spread "
+                        "(the --fail-if-drop gate uses it too)")  # fmt: skip
+    g.add_argument("--calibration-study", action="store_true",
+                   help="accuracy vs calibration-set size (8/32/128/512) x 3 seeds")  # fmt: skip
+    g.add_argument("--robustness", action="store_true",
+                   help="FP32 vs INT8 on corrupted copies of the evaluation images (noise, blur, "
+                        "JPEG, brightness, low resolution, webcam-like) at 3 severities")  # fmt: skip
     gates = rep.add_argument_group("gates (exit 3 when one fails)")
     gates.add_argument("--fail-if-drop", type=points, metavar="POINTS",
                        help="exit 3 if top-1 drops by more than this many points")  # fmt: skip
+    gates.add_argument("--max-robust-gap", type=points, metavar="POINTS",
+                       help="exit 3 if the INT8 gap on any corrupted split exceeds POINTS "
+                            "(implies --robustness)")  # fmt: skip
     gates.add_argument("--max-runtime-disagreement", type=points, metavar="PCT",
                        help="exit 3 if a shipped file disagrees with the validated model on "
                             "more than PCT %% of images (implies --parity)")  # fmt: skip
@@ -78,6 +90,23 @@ def analyses(result, args: argparse.Namespace, progress, notes: list[str]) -> di
         sections["qat_vs_ptq"] = analysis.qat_vs_ptq(
             result.config, args.qat_vs_ptq, progress=progress
         )
+    sections["margins"] = flip_margins(result.evaluation)
+    if args.seeds:
+        from aslquant.calibration_study import seed_spread_of
+
+        sections["seed_spread"] = seed_spread_of(
+            result.config, args.seeds, progress=progress, baseline=result.baseline
+        )
+    if args.calibration_study:
+        from aslquant.calibration_study import calibration_size_study
+
+        sections["calibration_study"] = calibration_size_study(
+            result.config, progress=progress, baseline=result.baseline
+        )
+    if args.robustness or args.max_robust_gap is not None:
+        from aslquant.robustness import robustness_split
+
+        sections["robustness"] = robustness_split(result, progress=progress)
     if args.parity or args.max_runtime_disagreement is not None:
         from aslquant.parity import runtime_parity
 
@@ -99,8 +128,14 @@ def gates(result, args: argparse.Namespace, sections: dict) -> list[dict]:
     """The verdict of every gate asked for, each with its evidence (report.json ``gates``)."""
     verdicts = []
     if args.fail_if_drop is not None:
-        verdict = result.drop_gate(args.fail_if_drop)
+        seeds = sections.get("seed_spread")
+        verdict = result.drop_gate(args.fail_if_drop, seeds.drop if seeds else None)
         verdicts.append({"name": "--fail-if-drop", **verdict.to_dict()})
+    if args.max_robust_gap is not None:
+        from aslquant.robustness import robust_gap_gate
+
+        verdict = robust_gap_gate(sections["robustness"], args.max_robust_gap)
+        verdicts.append({"name": "--max-robust-gap", **verdict.to_dict()})
     if args.max_runtime_disagreement is not None:
         from aslquant.parity import runtime_gate
 

@@ -77,7 +77,10 @@ def remedies_figure(finding: Mapping) -> go.Figure:
 def prescription_figure(prescription: Mapping) -> go.Figure:
     """Held-out before/after of the prescribed recipe, each seed a point, target dashed."""
     fig = go.Figure()
-    for key, label, color in (("before", "before", COLORS["bad"]), ("after", "after", COLORS["good"])):
+    for key, label, color in (
+        ("before", "before", COLORS["bad"]),
+        ("after", "after", COLORS["good"]),
+    ):
         drops = prescription[key]["drops"]
         fig.add_box(
             y=drops,

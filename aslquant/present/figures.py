@@ -418,3 +418,81 @@ def breakdown_figure(breakdown: dict) -> go.Figure:
         "time per forward (ms)",
         barmode="group",
     )
+
+
+def calibration_study_figure(study: dict) -> go.Figure:
+    """Drop vs calibration-set size: the mean with the min..max over seeds as error bars."""
+    points = study.get("points", [])
+    sizes = [p["size"] for p in points]
+    drops = [p["drop"] for p in points]
+    fig = go.Figure(
+        go.Scatter(
+            x=sizes,
+            y=[d["mean"] for d in drops],
+            mode="lines+markers",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [d["max"] - d["mean"] for d in drops],
+                "arrayminus": [d["mean"] - d["min"] for d in drops],
+            },
+            name="drop (mean, min..max over seeds)",
+            hovertemplate="%{x} images: drop %{y:.2f} points<extra></extra>",
+        )
+    )
+    fig.update_xaxes(type="log")
+    return _layout(
+        fig,
+        "How many calibration images are enough",
+        "calibration images (log scale)",
+        "top-1 drop (points)",
+    )
+
+
+def robustness_figure(split: dict) -> go.Figure:
+    """The INT8 gap (points) per corruption and severity, with its 95% interval."""
+    rows = split.get("rows", [])
+    fig = go.Figure()
+    for severity in sorted({r["severity"] for r in rows}):
+        chosen = [r for r in rows if r["severity"] == severity]
+        gaps = [r["gap"] for r in chosen]
+        fig.add_bar(
+            x=[r["title"] for r in chosen],
+            y=[g["estimate"] for g in gaps],
+            name="clean" if severity == 0 else f"severity {severity}",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [_num(g["high"] - g["estimate"]) for g in gaps],
+                "arrayminus": [_num(g["estimate"] - g["low"]) for g in gaps],
+            },
+            hovertemplate="%{x}: gap %{y:.2f} points<extra>severity " + str(severity) + "</extra>",
+        )
+    return _layout(
+        fig,
+        "INT8 gap on corrupted images (bars: gap, whiskers: 95% interval)",
+        "corruption",
+        "FP32 minus INT8 top-1 (points)",
+        barmode="group",
+    )
+
+
+def margins_figure(margins: dict) -> go.Figure:
+    """Flip rate per bin of the FP32 model's top-1 minus top-2 probability."""
+    bins = margins.get("bins", [])
+    fig = go.Figure(
+        go.Bar(
+            x=[f"{b['low']:.2f}–{b['high']:.2f}" for b in bins],
+            y=[0.0 if b["flip_rate"] is None else 100 * b["flip_rate"] for b in bins],
+            text=[f"{b['flips']}/{b['images']}" for b in bins],
+            textposition="outside",
+            marker_color=COLORS["int8"],
+            hovertemplate="margin %{x}: %{y:.1f}% flipped<extra></extra>",
+        )
+    )
+    return _layout(
+        fig,
+        "Where INT8 changes the answer: by how sure FP32 was",
+        "FP32 top-1 minus top-2 probability",
+        "images flipped (%)",
+    )

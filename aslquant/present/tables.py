@@ -606,3 +606,82 @@ def threads_batch_table(table: Mapping) -> Table:
         _Col("reliable", lambda r: "yes" if r.get("reliable") else "NO: busy machine"),
     )
     return _records("Threads x batch", cols, table.get("cells", []), table.get("notes", []))
+
+
+# --- trust: calibration luck, robustness, margins -------------------------------------------------
+
+
+def _spread_text(spread: Mapping, digits: int = 2, scale: float = 1.0) -> str:
+    return (
+        f"{fmt.number(spread['mean'] * scale, digits)} "
+        f"({fmt.number(spread['min'] * scale, digits)} to {fmt.number(spread['max'] * scale, digits)})"
+    )
+
+
+def seed_spread_table(study: Mapping) -> Table:
+    """The recipe re-run with k calibration draws (report.json ``seed_spread``)."""
+    cols = (
+        _Col("draw", lambda r: "the run's own" if r.get("seed") is None else f"seed {r['seed']}"),
+        _Col("quantized top-1 (%)", lambda r: _pct(r.get("int8_accuracy")), numeric=True),
+        _Col("drop (points)", lambda r: fmt.number(r.get("drop_points")), numeric=True),
+        _Col("drop interval over images", lambda r: fmt.interval(r["drop"], kind="points")),
+        _Col("same top-1 (%)", lambda r: _pct(r.get("agreement")), numeric=True),
+    )
+    notes = [
+        study.get("summary", ""),
+        study["split"].get("description", ""),
+        *study.get("notes", []),
+    ]
+    return _records("Calibration luck: the same recipe, other calibration draws", cols,
+                    study.get("draws", []), notes)  # fmt: skip
+
+
+def calibration_study_table(study: Mapping) -> Table:
+    """Drop and quantized accuracy per calibration-set size, mean and range over the seeds."""
+    cols = (
+        _Col("calibration images", lambda r: str(r["size"]), numeric=True),
+        _Col("drop, mean (min to max), points", lambda r: _spread_text(r["drop"])),
+        _Col(
+            "quantized top-1, mean (min to max), %",
+            lambda r: _spread_text(r["int8_accuracy"], 2, 100),
+        ),
+        _Col("same top-1, mean (min to max), %", lambda r: _spread_text(r["agreement"], 2, 100)),
+    )
+    notes = [
+        study.get("reading", ""),
+        study["split"].get("description", ""),
+        *study.get("notes", []),
+    ]
+    return _records("How many calibration images are enough", cols, study.get("points", []), notes)
+
+
+def robustness_table(split: Mapping) -> Table:
+    """FP32 and INT8 on corrupted copies of the evaluation images, the gap with its interval."""
+    cols = (
+        _Col("condition", _key("label")),
+        _Col("FP32 top-1 (%)", lambda r: _pct(r["fp32_accuracy"]["estimate"]), numeric=True),
+        _Col("quantized top-1 (%)", lambda r: _pct(r["int8_accuracy"]["estimate"]), numeric=True),
+        _Col("INT8 gap", lambda r: fmt.interval(r["gap"], kind="points")),
+        _Col(
+            "gap change vs clean (points)", lambda r: fmt.number(r.get("gap_change"), signed=True)
+        ),
+        _Col("PSNR (dB)", lambda r: fmt.db(r.get("psnr_db"))),
+    )
+    notes = [f"{split.get('subset', '')}; corruptions seeded with {split.get('seed')}.",
+             *split.get("notes", [])]  # fmt: skip
+    return _records(
+        "Robustness: where the model will really run", cols, split.get("rows", []), notes
+    )
+
+
+def margins_table(margins: Mapping) -> Table:
+    """Flips per FP32 top-1/top-2 margin bin (report.json ``margins``)."""
+    cols = (
+        _Col("FP32 margin", lambda r: f"{fmt.number(r['low'])} to {fmt.number(r['high'])}"),
+        _Col("images", lambda r: str(r["images"]), numeric=True),
+        _Col("flips", lambda r: str(r["flips"]), numeric=True),
+        _Col("flips that broke a right answer", lambda r: str(r["flips_breaking"]), numeric=True),
+        _Col("flip rate (%)", lambda r: _pct(r.get("flip_rate")), numeric=True),
+    )
+    return _records("Flips against the FP32 model's confidence margin", cols,
+                    margins.get("bins", []), [margins.get("headline", "")])  # fmt: skip
