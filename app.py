@@ -18,6 +18,7 @@ PAGES = [
     ("pages/doctor.py", "Doctor", ":material/healing:"),
     ("pages/compare.py", "Compare", ":material/compare_arrows:"),
     ("pages/predict.py", "Predict", ":material/back_hand:"),
+    ("pages/ship.py", "Ship check", ":material/verified:"),
     ("pages/export.py", "Export", ":material/download:"),
 ]
 DEFAULT_PAGE = "Quantize"

@@ -34,13 +34,14 @@ import torch
 from torch import nn
 
 from aslquant import data as data_mod
+from aslquant.calibration_study import draw, study_split
 from aslquant.errors import InputError
 from aslquant.measure import evaluate_models, serialized_size
 from aslquant.methods import Progress
 from aslquant.model import LAYER_NAMES
 from aslquant.quantize import QuantizedModel, quantize
 from aslquant.recipe import QuantRecipe
-from aslquant.run import Fp32Baseline, LoadedInputs, RunConfig, evaluate_fp32, load_inputs
+from aslquant.run import Fp32Baseline, LoadedInputs, RunConfig, evaluate_fp32
 from aslquant.stats import Interval, SeedSpread, paired_drop_interval, rank_candidates
 
 #: Calibration draws per figure the doctor ranks (the issue asks for at least 3).
@@ -330,7 +331,13 @@ class Doctor:
         self.seeds = tuple(range(seeds))
         self.progress = progress
         self.started = time.perf_counter()
-        self.inputs = inputs or load_inputs(config)
+        # The evaluation set stays fixed and calibration draws come from a pool outside it
+        # (carved from the run's own deal when the images it does not evaluate are too few
+        # for k different draws): the calibration study's split, one rule for both.
+        split = study_split(config, config.recipe.calib_images, inputs)
+        self.inputs = split.inputs
+        self.pool = list(split.pool)
+        self.split_description = split.description
         items = list(self.inputs.eval_items)
         if len(items) < 20:
             raise InputError(
@@ -341,12 +348,6 @@ class Doctor:
         # alternating positions give each half every class in proportion.
         self.selection = np.arange(0, len(items), 2)
         self.held_out = np.arange(1, len(items), 2)
-        eval_paths = {it.path for it in items}
-        self.pool = [it for it in self.inputs.image_set.items if it.path not in eval_paths]
-        if config.calib_data:
-            self.pool = list(
-                data_mod.load_image_set(config.calib_data, list(self.inputs.class_names)).items
-            )
         need = config.recipe.calib_images
         if len(self.pool) < need:
             raise InputError(
@@ -374,7 +375,7 @@ class Doctor:
         """``n`` calibration images drawn with ``seed`` from outside the evaluation set."""
         key = (n, seed)
         if key not in self._calibration:
-            items = data_mod.sample(self.pool, n, seed)
+            items = list(draw(self.pool, n, seed))
             self._calibration[key] = data_mod.load_tensors(items, self.config.preprocess).x
         return self._calibration[key]
 
@@ -735,6 +736,7 @@ class DoctorReport:
     n_selection: int
     n_held_out: int
     seconds: float
+    split: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -747,6 +749,7 @@ class DoctorReport:
             "n_selection": self.n_selection,
             "n_held_out": self.n_held_out,
             "seconds": self.seconds,
+            "split": self.split,
             **dict(self.extra),
         }
 
@@ -784,4 +787,5 @@ def examine(
         len(doc.selection),
         len(doc.held_out),
         doc.seconds,
+        doc.split_description,
     )

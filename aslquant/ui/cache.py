@@ -135,7 +135,10 @@ def sensitivity(result: RunResult) -> Job:
     from aslquant import analysis
 
     return service.analysis_job(
-        "sensitivity", result, None, lambda progress: analysis.sensitivity(result, progress=progress)
+        "sensitivity",
+        result,
+        None,
+        lambda progress: analysis.sensitivity(result, progress=progress),
     )
 
 
@@ -254,3 +257,45 @@ def runtime_parity(result: RunResult) -> Job:
         return parity_of(result, folder, progress=progress).to_dict()
 
     return service.analysis_job("parity", result, None, compute)
+
+
+def ship_check(result: RunResult, seeds: int) -> Job:
+    """Everything the Ship check judges: calibration luck, robustness, runtime parity, margins."""
+    from aslquant.calibration_study import seed_spread_of
+    from aslquant.margins import flip_margins
+    from aslquant.parity import runtime_parity as parity_of
+    from aslquant.robustness import robustness_split
+
+    def compute(progress) -> dict:
+        def part(name: str, lo: float, hi: float):
+            return lambda stage, f: progress(f"{name}: {stage}", lo + (hi - lo) * f)
+
+        spread = seed_spread_of(
+            result.config, seeds, progress=part("calibration seeds", 0.0, 0.3),
+            baseline=result.baseline,
+        )  # fmt: skip
+        robust = robustness_split(result, progress=part("robustness", 0.3, 0.8))
+        folder = _export_root() / result.key / "parity"
+        folder.mkdir(parents=True, exist_ok=True)
+        parity = parity_of(result, folder, progress=part("runtime parity", 0.8, 1.0))
+        return {
+            "seed_spread": spread,
+            "robustness": robust,
+            "parity": parity,
+            "margins": flip_margins(result.evaluation),
+        }
+
+    return service.analysis_job("ship", result, seeds, compute)
+
+
+def calibration_study(result: RunResult) -> Job:
+    from aslquant.calibration_study import calibration_size_study
+
+    return service.analysis_job(
+        "calibration_study",
+        result,
+        None,
+        lambda progress: calibration_size_study(
+            result.config, progress=progress, baseline=result.baseline
+        ),
+    )
