@@ -102,7 +102,7 @@ with widgets.guard("the Doctor page"):
             if p:
                 st.subheader("Meet my budget")
                 verdict = "reached" if p["reached"] else "not reached"
-                (st.success if p["reached"] else st.error)(
+                (st.success if p["reached"] else st.warning)(
                     f"Target drop ≤ {p['target_drop']:.2f} points: **{verdict}** with "
                     f"{p['describe']}. {p['note']}."
                 )
