@@ -1,89 +1,58 @@
-"""Fixtures for the end-to-end tests: `streamlit run app.py` on a free port, headless Chromium.
+"""Fixtures for the browser tests: `streamlit run app.py` on a free port, headless Chromium.
 
-Chromium is the Debian package (`/usr/bin/chromium`, installed by `.ci/run`); Playwright only
-drives it, nothing is downloaded. The fake camera flags give WebRTC a synthetic video stream.
+Chromium is the Debian package (`/usr/bin/chromium`, installed by scripts/test.sh); Playwright
+only drives it, nothing is downloaded. The fake camera flags give WebRTC a synthetic stream.
+The server serves a class-balanced subset of the demo images (8 per class) so a run takes
+seconds; with ASLQUANT_SCREENSHOTS=1 it serves the whole demo and the tour writes docs/*.png.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.browser.driver import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, new_tab, streamlit_server
+
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("ASLQUANT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
+PER_CLASS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def browser_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The images the browser tests' server evaluates on."""
+    from aslquant.run import DEMO_DATA
 
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as resp:
-            return resp.status == 200 and resp.read().strip() == b"ok"
-    except OSError:
-        return False
+    if SCREENSHOTS:
+        return Path(DEMO_DATA)
+    dest = tmp_path_factory.mktemp("demo_subset")
+    for cls in sorted(p for p in Path(DEMO_DATA).iterdir() if p.is_dir()):
+        (dest / cls.name).mkdir()
+        for f in sorted(cls.glob("*.jpg"))[:PER_CLASS]:
+            shutil.copy(f, dest / cls.name / f.name)
+    return dest
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The dashboard served by a real `streamlit run`; stopped after the browser tests.
+def app_url(tmp_path_factory: pytest.TempPathFactory, browser_data: Path) -> Iterator[str]:
+    """The dashboard served by a real `streamlit run`, one server per test module.
 
-    Module scope, not session: a server left running (with its WebRTC threads) would take CPU
-    from every later test in the run.
+    Module scope: a server left running (with its WebRTC threads) would take CPU from every
+    later test in the run.
     """
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = dict(os.environ)
-    env.setdefault("ASLQUANT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.headless", "true", "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    env["ASLQUANT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    env["ASLQUANT_DATA"] = str(browser_data)
+    with streamlit_server(env, log_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        # Surface server-side errors in the test output (tracebacks go to the log, not pages).
-        text = log_path.read_text(errors="replace")
-        if "Traceback" in text:
-            print(f"--- streamlit server log ({log_path}) ---\n{text[-6000:]}")
+    # Surface server-side errors in the test output (tracebacks go to the log, not pages).
+    text = log_path.read_text(errors="replace")
+    if "Traceback" in text:
+        print(f"--- streamlit server log ({log_path}) ---\n{text[-6000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +72,8 @@ def browser() -> Iterator:
 @pytest.fixture(scope="module")
 def page(browser, app_url: str) -> Iterator:
     """One browser tab (one Streamlit session) shared by the tests of a module, in order."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    context.grant_permissions(["camera"], origin=app_url)
-    tab = context.new_page()
-    tab.set_default_timeout(60_000)
-    tab.goto(app_url)
+    tab = new_tab(browser, app_url)
     try:
         yield tab
     finally:
-        context.close()
+        tab.context.close()

@@ -1,0 +1,91 @@
+"""Two browser sessions on one server: the same recipe and the same analyses, one after the
+other (a reload) and at the same time. Both get the same figures and no error element.
+
+Before cached work became shared jobs, the second session replayed the progress bar the first
+one drew inside the cached function: "CacheReplayClosureError: ... a streamlit element is
+called on some layout block created outside the function".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.driver import (
+    assert_clean,
+    errors_on,
+    go,
+    metric,
+    new_tab,
+    press,
+    quantize,
+    wait_script_done,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CARDS = ("Quantized top-1", "Size: x smaller", "Same top-1")
+
+
+def _cards(page) -> dict[str, str]:
+    # The summary re-draws itself while timing is pending: read it between two draws.
+    wait_script_done(page)
+    return {label: metric(page, label) for label in CARDS}
+
+
+def test_a_second_session_quantizes_the_same_recipe(browser, app_url) -> None:
+    first = new_tab(browser, app_url)
+    quantize(first)
+    assert_clean(first)
+    figures = _cards(first)
+    # A reload is a new session on the same server, with the run already cached.
+    first.reload()
+    quantize(first)
+    assert_clean(first)
+    assert _cards(first) == figures
+    second = new_tab(browser, app_url)
+    quantize(second)
+    assert_clean(second)
+    assert _cards(second) == figures
+    for tab in (first, second):
+        tab.context.close()
+
+
+def test_two_sessions_at_the_same_time_share_one_run(browser, app_url) -> None:
+    tabs = [new_tab(browser, app_url) for _ in range(2)]
+    for tab in tabs:
+        tab.get_by_role("heading", name="Quantize", exact=True).wait_for()
+        # A recipe no other test ran: both sessions start it while neither is cached.
+        go(tab, "Quantize")
+        group = tab.locator('[data-testid="stRadio"]', has_text="reduce_range")
+        group.get_by_text("off", exact=True).click()
+        wait_script_done(tab)
+    # Playwright's sync API is bound to its thread: click both in quick succession, then wait
+    # for both (the server runs the two sessions' scripts concurrently).
+    for tab in tabs:
+        tab.get_by_role("button", name="Quantize", exact=True).click()
+    for tab in tabs:
+        tab.locator('[data-testid="stMetric"]', has_text="Size: x smaller").wait_for(
+            timeout=15 * 60_000
+        )
+        wait_script_done(tab)
+    for tab in tabs:
+        assert errors_on(tab) == []
+    assert _cards(tabs[0]) == _cards(tabs[1])
+    for tab in tabs:
+        tab.context.close()
+
+
+@pytest.mark.parametrize(
+    "page_title, button",
+    [("Layers", "Measure sensitivity"), ("Layers", "Run the bit-width sweep"), ("Export", None)],
+)
+def test_cached_analyses_in_two_sessions(browser, app_url, page_title, button) -> None:
+    tabs = [new_tab(browser, app_url) for _ in range(2)]
+    for tab in tabs:
+        quantize(tab)
+        go(tab, page_title)
+        if button:
+            press(tab, button)
+        assert errors_on(tab) == [], (page_title, button)
+    for tab in tabs:
+        tab.context.close()
