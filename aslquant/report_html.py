@@ -281,7 +281,7 @@ def _sweep_table(sweep: list[dict]) -> tuple[list[str], list[list]]:
             _ms(r.get("b1_p50")),
             _ms(r.get("b32_p50")),
             _mb(r.get("size_bytes")),
-            r.get("error", ""),
+            r.get("error") or "",
         ]
         for r in sweep
     ]

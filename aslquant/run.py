@@ -234,7 +234,8 @@ class ModelMetrics:
     latency_ms: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        # Not dataclasses.asdict: it deep-copies the read-only latency mapping, which fails.
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["latency_ms"] = None if self.latency_ms is None else dict(self.latency_ms)
         return d
 

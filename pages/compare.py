@@ -124,9 +124,10 @@ with state.guard("the Compare page"):
             n = len(grid["backend"]) * len(grid["act_observer"]) * len(grid["weight_observer"])
             if n and st.button(f"Run the sweep ({n} configurations)", key="sweep_go"):
                 bar = state.ProgressBar(st, "Sweep")
-                st.session_state[sweep_key] = state.config_sweep(
-                    entry.key, grid_json, entry.result.config, bar
-                )
+                st.session_state[sweep_key] = [
+                    r.to_dict()
+                    for r in state.config_sweep(entry.key, grid_json, entry.result.config, bar)
+                ]
                 bar.empty()
             sweep = st.session_state.get(sweep_key)
             if sweep:

@@ -41,7 +41,7 @@ with state.guard("the Layers page"):
 
         st.subheader("Per-layer error")
         with st.spinner("Comparing every layer of the two models..."):
-            rows = state.layer_errors(key, result)
+            rows = [r.to_dict() for r in state.layer_errors(key, result)]
         state.plot(figures.sqnr_bars(rows), key="sqnr")
         st.caption(
             "Weights: the layer's weights against their INT8 version. Activations (cumulative): "
@@ -72,7 +72,7 @@ with state.guard("the Layers page"):
         c1, c2 = st.columns([1, 1])
         layer = c1.selectbox("Layer", list(LAYER_NAMES), key="hist_layer")
         kind = c2.radio("Values", ["weights", "activations"], horizontal=True, key="hist_kind")
-        hist = state.layer_histogram(key, layer, kind, result)
+        hist = state.layer_histogram(key, layer, kind, result).to_dict()
         state.plot(figures.histogram_figure(hist), key="hist")
         st.caption(
             "Grey ticks under the bars are the values INT8 can represent; anything in the red "
@@ -88,7 +88,7 @@ with state.guard("the Layers page"):
             "Measure sensitivity",
             "sens_go",
             "Sensitivity",
-            lambda bar: state.sensitivity(key, result, bar),
+            lambda bar: [r.to_dict() for r in state.sensitivity(key, result, bar)],
         )
         if sens:
             state.plot(figures.sensitivity_figure(sens), key="sens")
@@ -124,7 +124,7 @@ with state.guard("the Layers page"):
                 target = st.number_input("Largest acceptable drop (points)", 0.0, 50.0, 1.0, 0.5)
                 if st.button("Search", key="greedy_go"):
                     bar = state.ProgressBar(st, "Mixed precision search")
-                    found = state.greedy(key, float(target), result, bar)
+                    found = state.greedy(key, float(target), result, bar).to_dict()
                     bar.empty()
                     st.dataframe(
                         pd.DataFrame(
@@ -153,7 +153,7 @@ with state.guard("the Layers page"):
             "Run the bit-width sweep",
             "bits_go",
             "Bit-width sweep",
-            lambda bar: state.bit_sweep(key, result, bar),
+            lambda bar: [r.to_dict() for r in state.bit_sweep(key, result, bar)],
         )
         if bit_rows:
             state.plot(figures.bit_sweep_figure(bit_rows), key="bits")
@@ -172,7 +172,7 @@ with state.guard("the Layers page"):
                 p_kind = p2.radio(
                     "Values", ["weights", "activations"], horizontal=True, key="pg_kind"
                 )
-                h = state.layer_histogram(key, p_layer, p_kind, result)
+                h = state.layer_histogram(key, p_layer, p_kind, result).to_dict()
                 values = np.asarray(h["values_sample"], dtype=float)
                 lo, hi = float(values.min()), float(values.max())
                 obs_lo = h.get("clip_min") if h.get("clip_min") is not None else lo
@@ -181,7 +181,8 @@ with state.guard("the Layers page"):
                 if span_hi <= span_lo:
                     span_hi = span_lo + 1.0
                 s1, s2, s3 = st.columns(3)
-                bits = s1.slider("Bits", 2, 8, 8, key=f"pg_bits_{p_layer}_{p_kind}")
+                low = int(analysis.BITS.low)
+                bits = s1.slider("Bits", low, 8, 8, key=f"pg_bits_{p_layer}_{p_kind}")
                 clip = s2.slider(
                     "Clipping range",
                     span_lo,
@@ -203,7 +204,7 @@ with state.guard("the Layers page"):
                 if clip[1] <= clip[0]:
                     st.error("The clipping range is empty: move the handles apart.")
                     return
-                fq = analysis.fake_quantize(values, bits, clip[0], clip[1], zp)
+                fq = analysis.fake_quantize(values, bits, clip[0], clip[1], zp).to_dict()
                 m = st.columns(5)
                 m[0].metric("SQNR", "n/a" if fq["sqnr_db"] is None else f"{fq['sqnr_db']:.1f} dB")
                 m[1].metric("Step (scale)", f"{fq['scale']:.4g}")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -40,6 +41,17 @@ from aslquant.run import (
     load_inputs,
 )
 from aslquant.ui.baseline import STORE
+
+if TYPE_CHECKING:
+    from aslquant.analysis import (
+        BitSweepRow,
+        Histogram,
+        LayerError,
+        MixedPrecision,
+        RunAnalysis,
+        SensitivityRow,
+    )
+    from aslquant.experiments import SweepRow
 
 log = logging.getLogger("aslquant.ui")
 
@@ -331,48 +343,58 @@ def run_picker(where=st, label: str = "Run", key: str = "run_picker") -> RunEntr
 # --- analysis and export, cached per run key ---------------------------------------------------
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def layer_errors(key: str, _result: RunResult) -> list[dict]:
+@st.cache_resource(max_entries=16, show_spinner=False)
+def run_analysis(key: str, _result: RunResult) -> RunAnalysis:
+    """The run's analysis state, one per run key (shared: it only adds what it computes)."""
     from aslquant import analysis
 
-    return analysis.layer_errors(_result)
+    return analysis.RunAnalysis(_result)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def layer_errors(key: str, _result: RunResult) -> tuple[LayerError, ...]:
+    return run_analysis(key, _result).layers()
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def layer_histogram(key: str, layer: str, kind: str, _result: RunResult) -> dict:
-    from aslquant import analysis
-
-    return analysis.layer_histogram(_result, layer, kind)
+def layer_histogram(key: str, layer: str, kind: str, _result: RunResult) -> Histogram:
+    return run_analysis(key, _result).histogram(layer, kind)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def sensitivity(key: str, _result: RunResult, _progress: Progress | None = None) -> list[dict]:
+def sensitivity(
+    key: str, _result: RunResult, _progress: Progress | None = None
+) -> tuple[SensitivityRow, ...]:
     from aslquant import analysis
 
     return analysis.sensitivity(_result, progress=_progress)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def greedy(key: str, target: float, _result: RunResult, _progress: Progress | None = None) -> dict:
+def greedy(
+    key: str, target: float, _result: RunResult, _progress: Progress | None = None
+) -> MixedPrecision:
     from aslquant import analysis
 
     return analysis.greedy_mixed_precision(_result, target, progress=_progress)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def bit_sweep(key: str, _result: RunResult, _progress: Progress | None = None) -> list[dict]:
+def bit_sweep(
+    key: str, _result: RunResult, _progress: Progress | None = None
+) -> tuple[BitSweepRow, ...]:
     from aslquant import analysis
 
-    return analysis.bit_sweep(_result, progress=_progress)
+    return analysis.bit_sweep(run_analysis(key, _result), progress=_progress)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def config_sweep(
     key: str, grid_json: str, _config: RunConfig, _progress: Progress | None = None
-) -> list[dict]:
-    from aslquant import analysis
+) -> tuple[SweepRow, ...]:
+    from aslquant import experiments
 
-    return analysis.config_sweep(_config, json.loads(grid_json), progress=_progress)
+    return experiments.config_sweep(_config, json.loads(grid_json), progress=_progress)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -401,17 +423,14 @@ def export_files(key: str, _result: RunResult) -> dict[str, tuple[str, bytes]]:
 
 def report_for(entry: RunEntry, onnx: dict | None = None) -> dict:
     """report.json content of a run, with the per-layer analysis (and ONNX numbers if given)."""
+    from aslquant import analysis
     from aslquant.report import report_dict
 
-    result = entry.result
-    # A shallow copy: the cached RunResult is shared by sessions and must stay untouched.
-    filled = dataclasses.replace(
-        result,
-        layers=layer_errors(entry.key, result),
-        onnx=onnx if onnx is not None else result.onnx,
-        extra=dict(result.extra),
-    )
-    return report_dict(filled)
+    # Sections are new values beside the run: the cached RunResult is shared and untouched.
+    sections = {"layers": analysis.report_value(layer_errors(entry.key, entry.result))}
+    if onnx is not None:
+        sections["onnx"] = onnx
+    return report_dict(entry.result, sections)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
