@@ -229,9 +229,9 @@ class QatVsPtq:
     n_train: int | None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["ptq"], d["qat"] = self.ptq.to_dict(), self.qat.to_dict()
-        return d
+        # The two arms' report.json keys are their field names, ptq and qat.
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in values.items()}
 
 
 def qat_vs_ptq(config: RunConfig, epochs: int, progress: Progress | None = None) -> QatVsPtq:

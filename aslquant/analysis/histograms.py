@@ -32,6 +32,7 @@ from aslquant.recipe import Interval
 
 if TYPE_CHECKING:
     from aslquant.analysis.run_analysis import RunAnalysis
+    from aslquant.run import RunResult
 
 #: Histogram kinds a layer has.
 KINDS = ("weights", "activations")
@@ -209,20 +210,24 @@ def activation_histogram(
 
 
 def layer_histogram(
-    analysis: RunAnalysis, layer: str, kind: str = "weights", bins: int = 120
+    run: RunResult | RunAnalysis, layer: str, kind: str = "weights", bins: int = 120
 ) -> Histogram:
     """Histogram of one layer's FP32 weights or activations with the INT8 grid and clip range.
 
     Weights: all FP32 weights; for per-channel weights the grid and clip range drawn are those
     of the channel with the widest range (``per_channel``, every scale in ``scales``).
     Activations: the FP32 layer output after its ReLU over the calibration images; grid and
-    clip range from the quantized layer's output scale and zero point.
+    clip range from the quantized layer's output scale and zero point. Pass the run's
+    ``RunAnalysis`` to keep the activation values for the next histogram.
     """
+    from aslquant.analysis.run_analysis import as_analysis
+
     if layer not in LAYER_NAMES:
         raise InputError(f"layer {layer!r} is not one of {', '.join(LAYER_NAMES)}")
     if kind not in KINDS:
         raise InputError(f"histogram kind must be weights or activations, got {kind!r}")
     BINS.check("bins", bins)
+    analysis = as_analysis(run)
     inspected = analysis.inspected()
     if kind == "weights":
         weight = getattr(analysis.result.fp32_model, layer).weight
