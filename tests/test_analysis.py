@@ -173,12 +173,17 @@ def test_kept_fp32_layer_has_no_own_error(kept_conv2):
 
 
 @pytest.mark.parametrize(
-    "method", methods.names(lambda m: m.has_layer_modules and not m.trains and not m.calibrates)
+    "method",
+    methods.names(
+        lambda m: m.has_layer_modules and not m.trains and m.name != methods.DEFAULT_METHOD
+    ),
 )
-def test_weight_only_methods_have_layer_rows(run, method):
-    """No method leaves the Layers page empty (pt2e: see test_pt2e_run_has_per_layer_rows)."""
+def test_every_method_with_layer_modules_has_layer_rows(run, method):
+    """No method leaves the Layers page empty (FX graphs, dynamic, FP16 here; the run's own
+    method above; pt2e in test_pt2e_run_has_per_layer_rows)."""
     spec = methods.METHODS[method]
-    rows = analysis.layer_errors(variant(run, calib_images=1, method=method), max_images=4)
+    other = variant(run, calib_images=8, method=method)
+    rows = analysis.layer_errors(other, max_images=4)
     assert [r.name for r in rows] == list(LAYER_NAMES)
     for row in rows:
         assert row.quantized == (row.name in spec.quantized_layers)
@@ -186,6 +191,15 @@ def test_weight_only_methods_have_layer_rows(run, method):
         assert row.n_images == 4
         # A float layer fed float input computes exactly what FP32 does: no finite SQNR.
         assert (row.activation_sqnr_db is not None) == row.quantized
+    # The simulator finds in the model every grid it has: all points where activations are
+    # calibrated, INT8 weights only for dynamic, none for FP16 weights (not an integer grid).
+    native = tuple(analysis.RunAnalysis(other).sim_plan().native())
+    if spec.uses_observers:
+        assert native == analysis.POINTS
+    elif spec.weight_settings:
+        assert native == tuple(f"{layer}.weight" for layer in spec.quantized_layers)
+    else:
+        assert native == ()
 
 
 # --- histograms and fake quantization --------------------------------------------------------
@@ -418,6 +432,22 @@ def test_simulator_follows_fp32_islands(kept_conv2):
     assert "conv2.weight" not in native and "conv2.output" in native
     assert plan.points["conv2.output"].qparams == state.inspected().get("conv3").input_qparams
     assert plan.points["conv2.weight"].source == simulate.SOURCE_WEIGHTS
+
+
+def test_simulator_follows_a_float_conv4_across_the_average_pool(run):
+    """conv4 float, fc1 quantized: the model quantizes fc1's input after the average pool with
+    a grid observed there; quantizing conv4's wider output with it would clip it badly."""
+    kept = variant(run, calib_images=16, keep_fp32=("conv4",))
+    state = analysis.RunAnalysis(kept)
+    plan = state.sim_plan()
+    assert tuple(plan.native()) == simulate.static_points(("conv4",))
+    assert "conv4.output" not in plan.native()
+    assert plan.points["avgpool.output"].qparams == state.inspected().get("fc1").input_qparams
+    x = eval_images(run, 16)
+    with torch.inference_mode():
+        simulated, int8, fp32 = state.simulator()(x), kept.quantized(x), run.fp32_model(x)
+    assert logit_sqnr(simulated, int8) > 30.0
+    assert logit_sqnr(simulated, int8) > logit_sqnr(fp32, int8) + 10.0
 
 
 def test_simulator_switches_and_bit_widths(state):

@@ -17,8 +17,10 @@ from tests.test_analysis import demo_config
 
 
 def test_points_are_the_input_then_each_layers_weight_and_output():
-    assert analysis.POINTS[0] == "input" and len(analysis.POINTS) == 1 + 2 * len(LAYER_NAMES)
+    assert analysis.POINTS[0] == "input" and len(analysis.POINTS) == 2 + 2 * len(LAYER_NAMES)
     assert analysis.POINTS[1:3] == ("conv1.weight", "conv1.output")
+    # The average pool's own point sits between conv4's output and fc1's weights.
+    assert analysis.POINTS[8:11] == ("conv4.output", "avgpool.output", "fc1.weight")
     assert simulate.point_layer_kind("input") == (None, "input")
     assert simulate.point_layer_kind("fc1.weight") == ("fc1", "weight")
     assert simulate.point_layer_kind("fc1.output") == ("fc1", "activation")
@@ -31,7 +33,10 @@ def test_points_are_the_input_then_each_layers_weight_and_output():
         (("conv1",), ("input", "conv1.weight")),  # conv2's stub quantizes conv1's output
         (("conv2",), ("conv2.weight",)),
         (("fc2",), ("fc2.weight", "fc2.output")),
-        (("conv3", "conv4"), ("conv3.weight", "conv4.weight", "conv3.output")),
+        # Across the average pool, fc1 quantizes its input after the pool, not conv4's output.
+        (("conv3", "conv4"), ("conv3.weight", "conv3.output", "conv4.weight", "conv4.output")),
+        (("conv4", "fc1"), ("conv4.weight", "conv4.output", "avgpool.output", "fc1.weight")),
+        (("fc1",), ("fc1.weight",)),  # conv4 quantized: its pool output is still rounded
         (LAYER_NAMES, analysis.POINTS),
     ],
 )

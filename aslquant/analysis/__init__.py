@@ -51,8 +51,8 @@ every key (None where it does not apply).
 ``points`` (``PointDiagnostics``, for the doctor)
     range_source, off_agreement, split: {all_points, weights_only, activations_only:
     {accuracy, agreement, drop_points}, fp32_accuracy, n_images}, points: list of
-    ``PointDiagnosis``: point ("input", "<layer>.weight", "<layer>.output"), layer, kind
-    ("input", "weight", "activation"), native, bits, per_channel, scale_max, zero_point,
+    ``PointDiagnosis``: point ("input", "<layer>.weight", "<layer>.output",
+    "avgpool.output"), layer, kind ("input", "weight", "activation"), native, bits, per_channel, scale_max, zero_point,
     clip_min, clip_max, sqnr_db, rmse_steps (RMS error / step; pure rounding is 1/sqrt(12)),
     rmse_vs_rounding, clipped_fraction, channels: {range_max, range_median, spread,
     constant_channels}, alone and without: {accuracy, agreement, drop_points}, gain_points,

@@ -21,7 +21,7 @@ from torch import nn
 
 from aslquant.analysis.fakequant import QParams
 from aslquant.engine_lock import engine_session
-from aslquant.model import LAYER_NAMES
+from aslquant.model import LAYER_NAMES, CustomCNN
 from aslquant.qmodules import RELU_AFTER, Fp16Weight
 from aslquant.quantize import QuantizedModel
 
@@ -177,6 +177,21 @@ def inspect_quantized(qm: QuantizedModel, input_size: int) -> QuantizedLayers:
 
 #: The model input's point name; a layer's output point is ``output_point(layer)``.
 INPUT = "input"
+#: The average pool's output, a point of its own: a quantized average pool rounds its result
+#: again (onto the last conv's output grid), and when that conv runs float the first linear
+#: layer's input is quantized here, after the pool, with a grid of its own.
+POOLED = "avgpool.output"
+
+
+def _pool_neighbours() -> tuple[str, str]:
+    model = CustomCNN()
+    convs = [n for n in LAYER_NAMES if isinstance(getattr(model, n), nn.Conv2d)]
+    linears = [n for n in LAYER_NAMES if isinstance(getattr(model, n), nn.Linear)]
+    return convs[-1], linears[0]
+
+
+#: The layers the average pool sits between (the last convolution, the first linear layer).
+POOL_AFTER, POOL_BEFORE = _pool_neighbours()
 #: Values kept per point for histograms and the playground (a uniform random sample).
 SAMPLE_VALUES = 20_000
 
@@ -205,8 +220,9 @@ class ObservedRange:
 
 
 def observe(fp32_model: nn.Module, images: torch.Tensor) -> dict[str, ObservedRange]:
-    """The input and every layer output (after its ReLU) of the FP32 model over ``images``,
-    in one pass of 16-image chunks: per-channel ranges and a seeded sample of values."""
+    """The input, every layer output (after its ReLU) and the average pool's output of the
+    FP32 model over ``images``, in one pass of 16-image chunks: per-channel ranges and a
+    seeded sample of values."""
     lows: dict[str, torch.Tensor] = {}
     highs: dict[str, torch.Tensor] = {}
     samples: dict[str, list[np.ndarray]] = {}
@@ -221,12 +237,14 @@ def observe(fp32_model: nn.Module, images: torch.Tensor) -> dict[str, ObservedRa
         idx = torch.randint(0, flat.numel(), (min(flat.numel(), 4000),), generator=gen)
         samples.setdefault(point, []).append(flat[idx].numpy().copy())
 
-    with Capture(fp32_model, LAYER_NAMES) as cap, torch.inference_mode():
+    pool = POOLED.partition(".")[0]
+    with Capture(fp32_model, (*LAYER_NAMES, pool)) as cap, torch.inference_mode():
         for x in torch.split(images, 16):
             fp32_model(x)
             update(INPUT, x.float())
             for layer in LAYER_NAMES:
                 update(output_point(layer), post_relu(layer, cap.outputs[layer].float()))
+            update(POOLED, cap.outputs[pool].float())
     return {
         p: ObservedRange(
             lows[p].double().numpy(),

@@ -5,18 +5,21 @@ The quantization points of CustomCNN, in forward order (``POINTS``):
 
 - ``input``: the image entering conv1;
 - ``<layer>.weight``: the weights of conv1..fc2;
-- ``<layer>.output``: each layer's output after its ReLU (fc2: its logits).
+- ``<layer>.output``: each layer's output after its ReLU (fc2: its logits);
+- ``avgpool.output``: the average pool's output, between conv4 and fc1.
 
 ``QuantSim`` is a deep copy of the FP32 model whose modules are swapped, never re-written:
 ``quant`` (the model's QuantStub) becomes the input's FakeQuantize and ``dequant`` fc2's output
 FakeQuantize; each conv/linear becomes torch's own ``torch.ao.nn.qat`` module, whose
 ``weight_fake_quant`` is the weight point; each ReLU becomes ``Sequential(ReLU, FakeQuantize)``.
-``CustomCNN.forward`` runs unchanged. The average pool re-rounds onto conv4's output grid, as a
-quantized adaptive average pool does (the same FakeQuantize, so one switch). Max-pooling needs no
-point of its own: a max of values on a grid stays on it. A layer's output point stands for the
-quantization of the tensor after its ReLU wherever the quantized model does it: in the layer
-itself (fused conv+ReLU), or in the next layer's input stub when the layer is kept in FP32
-(identical, because max-pooling commutes with rounding onto a fixed grid).
+The average pool becomes ``Sequential(AdaptiveAvgPool2d, FakeQuantize)``. ``CustomCNN.forward``
+runs unchanged. Max-pooling needs no point of its own: a max of values on a grid stays on it, so
+a layer's output point stands for the quantization of the tensor after its ReLU wherever the
+quantized model does it: in the layer itself (fused conv+ReLU), or in the next layer's input
+stub when the layer is kept in FP32 (identical, because max-pooling commutes with rounding onto
+a fixed grid). Averaging does not commute with rounding, hence the average pool's own point: a
+quantized average pool rounds its result again onto conv4's grid, and when conv4 runs float the
+model quantizes fc1's input there, after the pool, with a grid observed on pooled values.
 
 Grids come from the run's quantized model where it has them (``SimPlan``, read with
 ``capture.inspect_quantized``: modules or the pt2e graph) and otherwise from torch's observers
@@ -46,7 +49,15 @@ import torch.ao.nn.qat as nnqat
 import torch.ao.quantization as tq
 from torch import nn
 
-from aslquant.analysis.capture import INPUT, ObservedRange, QuantizedLayers, output_point
+from aslquant.analysis.capture import (
+    INPUT,
+    POOL_AFTER,
+    POOL_BEFORE,
+    POOLED,
+    ObservedRange,
+    QuantizedLayers,
+    output_point,
+)
 from aslquant.analysis.common import (
     VARIANT_IMAGES,
     Progress,
@@ -81,10 +92,17 @@ def weight_point(layer: str) -> str:
     return f"{layer}.weight"
 
 
+def _points() -> tuple[str, ...]:
+    points = [INPUT]
+    for layer in LAYER_NAMES:
+        points += [weight_point(layer), output_point(layer)]
+        if layer == POOL_AFTER:
+            points.append(POOLED)
+    return tuple(points)
+
+
 #: Every quantization point of CustomCNN, in forward order.
-POINTS: tuple[str, ...] = (INPUT,) + tuple(
-    p for layer in LAYER_NAMES for p in (weight_point(layer), output_point(layer))
-)
+POINTS: tuple[str, ...] = _points()
 
 
 def point_layer_kind(name: str) -> tuple[str | None, str]:
@@ -98,15 +116,19 @@ def point_layer_kind(name: str) -> tuple[str | None, str]:
 def static_points(keep_fp32: Iterable[str]) -> tuple[str, ...]:
     """Points a static INT8 model quantizes when ``keep_fp32`` stay float (true FP32 islands):
     the input when conv1 is quantized; a layer's weights when it is; a layer's output when it
-    is quantized or the layer after it is (which quantizes its own input)."""
+    is quantized or the layer after it is (which quantizes its own input), except across the
+    average pool, whose own point is on when conv4 or fc1 is quantized."""
     keep = set(keep_fp32)
-    quantized = [n not in keep for n in LAYER_NAMES]
-    points = [INPUT] if quantized[0] else []
-    for i, layer in enumerate(LAYER_NAMES):
-        if quantized[i]:
-            points.append(weight_point(layer))
-        if quantized[i] or (i + 1 < len(LAYER_NAMES) and quantized[i + 1]):
-            points.append(output_point(layer))
+    quantized = {n: n not in keep for n in LAYER_NAMES}
+    following = dict(zip(LAYER_NAMES, LAYER_NAMES[1:], strict=False))
+    points = {INPUT} if quantized[LAYER_NAMES[0]] else set()
+    for layer in LAYER_NAMES:
+        if quantized[layer]:
+            points |= {weight_point(layer), output_point(layer)}
+        elif layer != POOL_AFTER and quantized.get(following.get(layer), False):
+            points.add(output_point(layer))
+    if quantized[POOL_AFTER] or quantized[POOL_BEFORE]:
+        points.add(POOLED)
     return tuple(p for p in POINTS if p in points)
 
 
@@ -257,10 +279,16 @@ def sim_plan(
                 weight_point(layer), layer, KIND_WEIGHT, grid, 8, False, SOURCE_WEIGHTS
             )
         real = quant.output_qparams if quant is not None else None
-        if real is None and i + 1 < len(LAYER_NAMES):
+        if real is None and i + 1 < len(LAYER_NAMES) and layer != POOL_AFTER:
             following = inspected.get(LAYER_NAMES[i + 1])
             real = following.input_qparams if following is not None else None
         activation(output_point(layer), real)
+        if layer == POOL_AFTER:
+            # The pooled values are quantized as the next layer's input; if it runs float, a
+            # quantized pool still rounds onto this layer's output grid.
+            following = inspected.get(POOL_BEFORE)
+            pooled = following.input_qparams if following is not None else None
+            activation(POOLED, pooled or real)
     return SimPlan({p: points[p] for p in POINTS}, static_points(recipe.keep_fp32), recipe, weights)
 
 
@@ -307,8 +335,7 @@ class QuantSim(nn.Module):
                 setattr(model, relu, nn.Sequential(getattr(model, relu), output))
             else:
                 model.dequant = output
-        # A quantized average pool rounds its result onto its input's (conv4's output) grid.
-        model.avgpool = nn.Sequential(model.avgpool, self.fake_quant[output_point("conv4")])
+        model.avgpool = nn.Sequential(model.avgpool, self.fake_quant[POOLED])
         self.model = model.to(memory_format=torch.channels_last)
         self.plan = plan
         self.configure(plan.native())
@@ -606,15 +633,13 @@ def diagnose_points(
             layer = point_layer_kind(name)[0]
             _accumulate(sums[name], plan.fp32_weights[layer], full[name])
     recording = [False]
-    recorded: set[str] = set()  # conv4's output point runs twice (after ReLU, after avgpool)
     handles = []
     for name in diagnosed:
         if name in weights:
             continue
 
         def hook(module, inputs, output, name=name):
-            if recording[0] and name not in recorded:
-                recorded.add(name)
+            if recording[0]:
                 _accumulate(sums[name], inputs[0], full[name])
 
         handles.append(sim.fake_quant[name].register_forward_hook(hook))
@@ -623,7 +648,6 @@ def diagnose_points(
 
     def off_recorded(x: torch.Tensor) -> torch.Tensor:
         recording[0] = True
-        recorded.clear()
         try:
             return off_runner(x)
         finally:
