@@ -8,7 +8,7 @@ Each returns typed rows with ``to_dict()`` (report.json's ``sweep`` and ``qat_vs
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 from typing import Any
@@ -16,10 +16,9 @@ from typing import Any
 from aslquant import data as data_mod
 from aslquant import methods
 from aslquant.errors import InputError, UnsupportedCombination
+from aslquant.quantize import Progress
 from aslquant.recipe import QuantRecipe
 from aslquant.run import RunConfig
-
-Progress = Callable[[str, float], None]
 
 #: The default config grid: every activation x weight observer for the default method on x86.
 DEFAULT_GRID: dict[str, list[str]] = {
@@ -32,6 +31,8 @@ DEFAULT_GRID: dict[str, list[str]] = {
 EXTRA_GRID_FIELDS = ("qscheme", "reduce_range")
 #: The method of the sweep's reference row (the float model itself).
 REFERENCE = "fp32"
+#: The recipe settings every sweep row names.
+ROW_SETTINGS = ("method", "backend", "act_observer", "weight_observer")
 
 
 def _stage(progress: Progress | None, stage: str, fraction: float) -> None:
@@ -130,16 +131,26 @@ def config_sweep(
         )  # fmt: skip
         return ev, lat
 
+    def measured(settings: dict, label: str, ev, lat: dict, size: int, **extra) -> SweepRow:
+        acc = accuracy(ev.labels, ev.predictions)
+        return SweepRow(
+            **settings,
+            label=label,
+            accuracy=acc["accuracy"],
+            top5=acc["top5"],
+            **{key: lat[key] for key in ("b1_p50", "b1_p95", "b32_p50", "b32_p95")},
+            size_bytes=size,
+            n_eval=ev.n,
+            **extra,
+        )
+
     # The FP32 reference once, up front: every recipe's agreement is against it.
     _stage(progress, "sweep: FP32 reference", 0.0)
     fp32_eval, fp32_lat = evaluate(fp32_runner(inputs.model), None)
     rows = []
     for i, (changes, recipe, error) in enumerate(recipes):
         _stage(progress, f"sweep {i + 1}/{len(recipes)}", i / total)
-        settings = {
-            key: changes.get(key, getattr(config.recipe, key))
-            for key in ("method", "backend", "act_observer", "weight_observer")
-        }
+        settings = {key: changes.get(key, getattr(config.recipe, key)) for key in ROW_SETTINGS}
         if recipe is None:
             label = " / ".join(map(str, changes.values()))
             rows.append(SweepRow(**settings, label=label, error=error))
@@ -152,41 +163,17 @@ def config_sweep(
             rows.append(SweepRow(**settings, label=recipe.describe(), error=str(err)))
             continue
         ev, lat = evaluate(qm.module, qm.backend)
-        acc = accuracy(ev.labels, ev.predictions)
+        agreement = float((ev.predictions.top1 == fp32_eval.predictions.top1).mean())
+        size = serialized_size(qm.module)
         rows.append(
-            SweepRow(
-                **settings,
-                label=recipe.describe(),
-                accuracy=acc["accuracy"],
-                top5=acc["top5"],
-                agreement=float((ev.predictions.top1 == fp32_eval.predictions.top1).mean()),
-                b1_p50=lat["b1_p50"],
-                b1_p95=lat["b1_p95"],
-                b32_p50=lat["b32_p50"],
-                b32_p95=lat["b32_p95"],
-                size_bytes=serialized_size(qm.module),
-                n_eval=ev.n,
-                recipe=recipe,
-            )
+            measured(settings, recipe.describe(), ev, lat, size, agreement=agreement, recipe=recipe)
         )
-    acc = accuracy(fp32_eval.labels, fp32_eval.predictions)
-    reference = SweepRow(
-        method=REFERENCE,
-        backend="-",
-        act_observer="-",
-        weight_observer="-",
-        label="FP32 (reference)",
-        accuracy=acc["accuracy"],
-        top5=acc["top5"],
-        agreement=1.0,
-        b1_p50=fp32_lat["b1_p50"],
-        b1_p95=fp32_lat["b1_p95"],
-        b32_p50=fp32_lat["b32_p50"],
-        b32_p95=fp32_lat["b32_p95"],
-        size_bytes=serialized_size(inputs.model),
-        n_eval=fp32_eval.n,
+    reference_settings = {key: "-" for key in ROW_SETTINGS} | {"method": REFERENCE}
+    size = serialized_size(inputs.model)
+    reference = measured(
+        reference_settings, "FP32 (reference)", fp32_eval, fp32_lat, size, agreement=1.0,
         reference=True,
-    )
+    )  # fmt: skip
     _stage(progress, "sweep done", 1.0)
     return (reference, *rows)
 

@@ -17,9 +17,8 @@ from torch import nn
 from aslquant import data as data_mod
 from aslquant.engine_lock import engine_session
 from aslquant.errors import InputError
+from aslquant.quantize import Progress
 from aslquant.run import RunResult
-
-Progress = Callable[[str, float], None]
 
 #: Default number of evaluation images for the per-layer pass (class-stratified prefix of the
 #: evaluation set). SQNR is a ratio of sums and settles long before the whole set is seen.
