@@ -4,6 +4,7 @@ bit sweep and a quantization simulator with per-point diagnostics.
 One module per job:
 
 - ``capture``: forward hooks; conv1..fc2 found in any quantized model (``inspect_quantized``);
+  the FP32 tensors at every quantization point over the calibration images (``observe``);
 - ``pt2e``: the same for a pt2e run, through its converted graph's nodes;
 - ``layer_error``: per-layer weight/activation SQNR, MSE, ranges, grids (``layer_errors``);
 - ``histograms``: weight/activation histograms with the INT8 grid (``layer_histogram``);
