@@ -396,6 +396,14 @@ class RunResult:
     def timed(self) -> bool:
         return self.fp32.latency_ms is not None and self.int8.latency_ms is not None
 
+    @property
+    def float_reference(self) -> torch.nn.Module:
+        """The float model that was quantized, for layer-by-layer comparisons: the FP32 model
+        after the recipe's rewrites (equalization rescales channels, bias correction shifts
+        biases), else the FP32 model itself. Logit-level figures compare with ``fp32_model``."""
+        source = self.quantized.float_source
+        return source if source is not None else self.fp32_model
+
     @cached_property
     def uncertainty(self) -> PairSummary:
         """Bootstrap 95% intervals of both accuracies, the drop and the agreement over the

@@ -133,7 +133,8 @@ with widgets.guard("the Layers page"):
                 if span_hi <= span_lo:
                     span_hi = span_lo + 1.0
                 s1, s2, s3 = st.columns(3)
-                bits = s1.slider("Bits", 2, 8, 8, key=f"pg_bits_{p_layer}_{p_kind}")
+                low = int(analysis.BITS.low)
+                bits = s1.slider("Bits", low, 8, 8, key=f"pg_bits_{p_layer}_{p_kind}")
                 clip = s2.slider(
                     "Clipping range",
                     span_lo,
@@ -155,7 +156,7 @@ with widgets.guard("the Layers page"):
                 if clip[1] <= clip[0]:
                     st.error("The clipping range is empty: move the handles apart.")
                     return
-                fq = analysis.fake_quantize(values, bits, clip[0], clip[1], zp)
+                fq = analysis.fake_quantize(values, bits, clip[0], clip[1], zp).to_dict()
                 m = st.columns(5)
                 m[0].metric("SQNR", fmt.db(fq["sqnr_db"], unit=True))
                 m[1].metric("Step (scale)", fmt.general(fq["scale"], 4))

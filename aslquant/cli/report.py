@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aslquant import analysis, export
+from aslquant import analysis, experiments, export
 from aslquant.cli import EXIT_GATE, EXIT_OK, ProgressBar
 from aslquant.cli.options import add_run_options, config_from_args, points, whole_number
 from aslquant.errors import UnsupportedCombination
@@ -65,9 +65,8 @@ def add_parser(sub) -> None:
 
 def analyses(result, args: argparse.Namespace, progress, notes: list[str]) -> dict:
     """The report sections the flags ask for, each a new value (the run is not changed)."""
-    sections: dict = {
-        "layers": analysis.layer_errors(result, max_images=args.layer_images, progress=progress)
-    }
+    state = analysis.RunAnalysis(result)  # shared by the sections below
+    sections: dict = {"layers": state.layers(max_images=args.layer_images, progress=progress)}
     if args.onnx:
         sections["onnx"] = export.onnx_compare(result, out_dir=args.out, progress=progress)
     images = args.analysis_images
@@ -78,7 +77,7 @@ def analyses(result, args: argparse.Namespace, progress, notes: list[str]) -> di
             sections["sensitivity"] = ranking
         except UnsupportedCombination as err:
             notes.append(f"sensitivity skipped: {err}")
-        sections["bit_sweep"] = analysis.bit_sweep(result, progress=progress, max_images=images)
+        sections["bit_sweep"] = analysis.bit_sweep(state, progress=progress, max_images=images)
     if args.target_drop is not None:
         try:
             sections["mixed_precision"] = analysis.greedy_mixed_precision(
@@ -87,7 +86,7 @@ def analyses(result, args: argparse.Namespace, progress, notes: list[str]) -> di
         except UnsupportedCombination as err:
             notes.append(f"mixed precision search skipped: {err}")
     if args.qat_vs_ptq:
-        sections["qat_vs_ptq"] = analysis.qat_vs_ptq(
+        sections["qat_vs_ptq"] = experiments.qat_vs_ptq(
             result.config, args.qat_vs_ptq, progress=progress
         )
     sections["margins"] = flip_margins(result.evaluation)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from aslquant import analysis, methods
+from aslquant import experiments, methods
 from aslquant.cli import EXIT_OK, ProgressBar
 from aslquant.cli.options import (
     add_grid_options,
@@ -43,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from aslquant.report import prepare_out_dir
 
     prepare_out_dir(args.out)
-    rows = analysis.config_sweep(config, grid, progress=ProgressBar())
+    rows = experiments.config_sweep(config, grid, progress=ProgressBar())
     command = config.cli_command("sweep")
     extra = grid_to_args(grid)
     if extra:
         head, out = command.rsplit(" --out ", 1)
         command = f"{head} {' '.join(shlex.quote(a) for a in extra)} --out {out}"
-    report = sweep_report(config, command, grid, rows)
+    report = sweep_report(config, command, grid, [row.to_dict() for row in rows])
     files = write_sweep_reports(report, args.out)
     for row in report["sweep"]:
         if row.get("accuracy") is None:

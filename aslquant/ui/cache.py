@@ -112,22 +112,37 @@ def onnx_fp32(result: RunResult) -> dict | None:
 # --- analyses and exports of a run ----------------------------------------------------------------
 
 
-def layer_errors(result: RunResult) -> Job:
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _run_analysis(key: str, _result: RunResult):
     from aslquant import analysis
 
+    return analysis.RunAnalysis(_result)
+
+
+def run_analysis(result: RunResult):
+    """One explicit analysis state per run (histograms reuse the per-layer pass), shared by
+    sessions; it computes values only and never changes the run."""
+    return _run_analysis(result.key, result)
+
+
+def _rows(values) -> list[dict]:
+    return [row.to_dict() for row in values]
+
+
+def layer_errors(result: RunResult) -> Job:
+    state = run_analysis(result)
     return service.analysis_job(
-        "layers", result, None, lambda progress: analysis.layer_errors(result, progress=progress)
+        "layers", result, None, lambda progress: _rows(state.layers(progress=progress))
     )
 
 
 def layer_histogram(result: RunResult, layer: str, kind: str) -> Job:
-    from aslquant import analysis
-
+    state = run_analysis(result)
     return service.analysis_job(
         "histogram",
         result,
         [layer, kind],
-        lambda progress: analysis.layer_histogram(result, layer, kind),
+        lambda progress: state.histogram(layer, kind).to_dict(),
     )
 
 
@@ -138,7 +153,7 @@ def sensitivity(result: RunResult) -> Job:
         "sensitivity",
         result,
         None,
-        lambda progress: analysis.sensitivity(result, progress=progress),
+        lambda progress: _rows(analysis.sensitivity(result, progress=progress)),
     )
 
 
@@ -149,26 +164,32 @@ def greedy(result: RunResult, target: float) -> Job:
         "greedy",
         result,
         target,
-        lambda progress: analysis.greedy_mixed_precision(result, target, progress=progress),
+        lambda progress: analysis.greedy_mixed_precision(
+            result, target, progress=progress
+        ).to_dict(),
     )
 
 
 def bit_sweep(result: RunResult) -> Job:
     from aslquant import analysis
 
+    state = run_analysis(result)
     return service.analysis_job(
-        "bit_sweep", result, None, lambda progress: analysis.bit_sweep(result, progress=progress)
+        "bit_sweep",
+        result,
+        None,
+        lambda progress: _rows(analysis.bit_sweep(state, progress=progress)),
     )
 
 
 def config_sweep(result: RunResult, grid: dict) -> Job:
-    from aslquant import analysis
+    from aslquant import experiments
 
     return service.analysis_job(
         "sweep",
         result,
         grid,
-        lambda progress: analysis.config_sweep(result.config, grid, progress=progress),
+        lambda progress: _rows(experiments.config_sweep(result.config, grid, progress=progress)),
     )
 
 
