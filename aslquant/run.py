@@ -266,11 +266,14 @@ class ModelMetrics:
             return None
         return all(r.reliable for r in self.latency_reliability.values())
 
-    def with_latency(self, latency: LatencyProfile) -> ModelMetrics:
+    def with_latency(self, latency: LatencyProfile | Mapping[str, float]) -> ModelMetrics:
+        """The same metrics with latency: a judged LatencyProfile, or bare figures (ms)."""
+        if isinstance(latency, LatencyProfile):
+            figures, reliability = latency.figures, MappingProxyType(dict(latency.reliability))
+        else:
+            figures, reliability = latency, None
         return dataclasses.replace(
-            self,
-            latency_ms=MappingProxyType(dict(latency.figures)),
-            latency_reliability=MappingProxyType(dict(latency.reliability)),
+            self, latency_ms=MappingProxyType(dict(figures)), latency_reliability=reliability
         )
 
 
