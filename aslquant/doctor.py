@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from aslquant import data as data_mod
+from aslquant.analysis import PointDiagnosis, PointDiagnostics, diagnose_points
+from aslquant.analysis.simulate import KIND_INPUT, KIND_WEIGHT
 from aslquant.calibration_study import draw, study_split
 from aslquant.errors import InputError
 from aslquant.measure import evaluate_models, serialized_size
@@ -41,7 +43,14 @@ from aslquant.methods import Progress
 from aslquant.model import LAYER_NAMES
 from aslquant.quantize import QuantizedModel, quantize
 from aslquant.recipe import QuantRecipe
-from aslquant.run import Fp32Baseline, LoadedInputs, RunConfig, evaluate_fp32
+from aslquant.run import (
+    Fp32Baseline,
+    LoadedInputs,
+    RunConfig,
+    RunResult,
+    evaluate_fp32,
+    execute,
+)
 from aslquant.stats import Interval, SeedSpread, paired_drop_interval, rank_candidates
 
 #: Calibration draws per figure the doctor ranks (the issue asks for at least 3).
@@ -50,6 +59,16 @@ DEFAULT_SEEDS = 3
 POINTS: tuple[str, ...] = ("input", *LAYER_NAMES)
 #: A finding whose measured recovery is below this is reported but not offered as a fix.
 MIN_RECOVERY_POINTS = 0.05
+#: Selection images the simulator diagnoses each point on (every point is 2 float passes).
+DIAGNOSIS_IMAGES = 96
+#: A point is a finding when quantizing it alone, or keeping it float, moves top-1 this much.
+POINT_POINTS = 0.3
+#: Above this channel spread (largest / median channel range) equalization is worth trying.
+CHANNEL_SPREAD = 8.0
+#: Above this share of values clipped, the range is too narrow; below it with a large error
+#: in steps, the range is too wide (an outlier set it).
+CLIPPED = 1e-3
+STEPS_EXCESS = 1.5
 
 
 @dataclass(frozen=True)
@@ -344,10 +363,12 @@ class Doctor:
                 f"{config.data}: the doctor needs at least 20 evaluation images to split into "
                 f"selection and held-out halves, got {len(items)}"
             )
-        # Class-stratified halves: evaluation items are dealt round-robin over classes, so
-        # alternating positions give each half every class in proportion.
-        self.selection = np.arange(0, len(items), 2)
-        self.held_out = np.arange(1, len(items), 2)
+        # Class-stratified halves: evaluation items are dealt round-robin over classes, so the
+        # first half holds every class in proportion (and the simulator's "first N images" are
+        # selection images).
+        half = len(items) // 2
+        self.selection = np.arange(0, half)
+        self.held_out = np.arange(half, len(items))
         need = config.recipe.calib_images
         if len(self.pool) < need:
             raise InputError(
@@ -367,6 +388,8 @@ class Doctor:
         self._sizes: dict[QuantRecipe, int] = {}
         #: The model under diagnosis when it was given (not made from the recipe here).
         self.given = quantized
+        self._run: RunResult | None = None
+        self._diagnostics: PointDiagnostics | None = None
         self.quantized = quantized or self._quantize(config.recipe.resolved(), self.seeds[0])
 
     # --- measuring ---------------------------------------------------------------------------
@@ -461,108 +484,41 @@ class Doctor:
 
     # --- diagnosis ---------------------------------------------------------------------------
 
-    def point_effects(self) -> list[dict]:
-        """Per layer (the input rides with conv1 in real INT8): the drop on the selection split
-        with only that layer left in FP32 and with only that layer quantized (first seed)."""
-        recipe = self.config.recipe.resolved()
-        spec = recipe.method_spec
-        layers = [n for n in spec.keep_fp32_layers if n not in recipe.keep_fp32]
-        if not spec.requantizable:
-            return []
-        base = self.trial(recipe)  # healthy re-quantization: per-layer effects of the recipe
-        rows = []
-        for i, name in enumerate(layers):
-            _stage(self.progress, "doctor: one layer at a time", i / max(1, len(layers)))
-            only_float = recipe.with_changes(keep_fp32=tuple(set(recipe.keep_fp32) | {name}))
-            others = tuple(n for n in spec.keep_fp32_layers if n != name)
-            only_quant = recipe.with_changes(keep_fp32=tuple(set(recipe.keep_fp32) | set(others)))
-            float_drop = self._first_seed_drop(only_float)
-            quant_drop = self._first_seed_drop(only_quant)
-            rows.append(
-                {
-                    "point": "input + conv1" if name == "conv1" else name,
-                    "layer": name,
-                    "drop_only_this_quantized": quant_drop,
-                    "drop_only_this_float": float_drop,
-                    "recovered_if_float": base.drops[0] - float_drop,
-                }
-            )
-        return rows
+    def run(self) -> RunResult:
+        """The model under diagnosis as a run over the evaluation images (selection first)."""
+        if self._run is None:
+            run = execute(self.config, inputs=self.inputs, baseline=self.fp32, timed=False)
+            if self.given is not None:  # diagnose the model given, not a fresh one
+                run = dataclasses.replace(run, quantized=self.given)
+            self._run = run
+        return self._run
 
-    def _first_seed_drop(self, recipe: QuantRecipe) -> float:
-        recipe = recipe.resolved()
-        idx = self.selection
-        labels, fp32 = self._labels[idx], self._fp32_top1[idx]
-        top1 = self._top1(recipe, self.seeds[0], idx)
-        return 100.0 * (float((fp32 == labels).mean()) - float((top1 == labels).mean()))
+    def diagnose(self, max_images: int = DIAGNOSIS_IMAGES) -> PointDiagnostics | None:
+        """Per quantization point (the input included), from the simulator on the first
+        ``max_images`` selection images: the drop with only that point quantized and with only
+        that point float, SQNR, error in quantization steps, channel spread, clipping; and the
+        weight-only / activation-only split. None for methods without static points."""
+        if self._diagnostics is None:
+            spec = self.config.recipe.method_spec
+            if not (spec.uses_observers and spec.has_layer_modules):
+                return None
+            _stage(self.progress, "doctor: simulating each point", 0.0)
+            n = min(max_images, len(self.selection))
+            self._diagnostics = diagnose_points(self.run(), max_images=n, progress=self.progress)
+        return self._diagnostics
 
-    def findings(self, diagnostics: Sequence[Mapping[str, Any]] = ()) -> list[Finding]:
-        """Every finding with its candidate remedies: setup checks, per-layer effects, and
-        the diagnostic rows of the simulator/analysis when given."""
+    def findings(self) -> list[Finding]:
+        """Every finding with its candidate remedies: setup checks, one per quantization point
+        that costs accuracy (remedies chosen by what the evidence says), and techniques."""
         recipe = self.config.recipe.resolved()
         spec = recipe.method_spec
         found = setup_checks(self.quantized, self.inputs.model)
-        for row in self.point_effects():
-            name = row["layer"]
-            if row["recovered_if_float"] <= 0 and row["drop_only_this_quantized"] <= 0:
-                continue
-            remedies = [
-                Remedy(
-                    f"keep {name} in FP32"
-                    + (" (the input stays float)" if name == "conv1" else ""),
-                    {"keep_fp32": (name,)},
-                    "a true FP32 island: the layer gets the float tensor of the FP32 model",
-                )
-            ]
-            if spec.uses_observers and recipe.effective_reduce_range:
-                remedies.append(
-                    Remedy(
-                        "8-bit activations (reduce_range off)",
-                        {"reduce_range": False},
-                        "halves every activation step (the input's included)",
-                    )
-                )
-            if spec.weight_settings and recipe.weight_observer != "per-channel":
-                remedies.append(
-                    Remedy(
-                        "per-channel weights",
-                        {"weight_observer": "per-channel"},
-                        "one scale per filter: a large filter no longer coarsens the others",
-                    )
-                )
-            spread = _weight_spread(self.inputs.model, name)
-            row["weight_channel_spread"] = spread
-            if spec.supports_equalize and not recipe.equalize and name != "fc2" and spread > 8:
-                remedies.append(
-                    Remedy(
-                        "cross-layer equalization",
-                        {"equalize": True},
-                        "evens out channel ranges between layers without changing the function",
-                    )
-                )
-            if spec.chooses_act_observer and recipe.act_observer in ("minmax", "moving-average"):
-                remedies.append(
-                    Remedy(
-                        "percentile activation ranges",
-                        {"act_observer": "percentile"},
-                        "one outlier no longer sets the range of every step",
-                    )
-                )
-            found.append(
-                Finding(
-                    f"layer:{name}",
-                    f"{row['point']}: quantizing it costs {row['drop_only_this_quantized']:.2f} "
-                    f"points alone; keeping it in FP32 wins back {row['recovered_if_float']:.2f}",
-                    "Measured with real INT8 models on the selection images (first calibration "
-                    "seed); the remedies below are tried with every seed.",
-                    row,
-                    tuple(remedies),
-                    score=row["recovered_if_float"],
-                )
-            )
-        for row in diagnostics:
-            if row.get("finding") is not None:
-                found.append(row["finding"])
+        diagnostics = self.diagnose()
+        if diagnostics is not None:
+            for row in diagnostics.points:
+                finding = _point_finding(row, recipe)
+                if finding is not None:
+                    found.append(finding)
         if spec.supports_bias_correction and not recipe.bias_correction:
             found.append(
                 Finding(
@@ -607,7 +563,7 @@ class Doctor:
             best = tried[0].recovery_points if tried else 0.0
             # A layer's own measured effect ranks it; a setup or technique finding has no
             # effect of its own but what its remedy wins back.
-            impact = f.score if f.key.startswith("layer:") else best
+            impact = f.score if f.key.startswith("point:") else best
             ranked = rank_candidates(
                 [(o.remedy.name, o.trial.spread.interval) for o in tried], higher_is_better=False
             )
@@ -711,11 +667,126 @@ class Doctor:
         return time.perf_counter() - self.started
 
 
-def _weight_spread(model: nn.Module, layer: str) -> float:
-    """Largest / smallest output-channel weight range of a layer (1 = even channels)."""
-    from aslquant.equalize import channel_ranges, range_spread
+def _point_finding(row: PointDiagnosis, recipe: QuantRecipe) -> Finding | None:
+    """A finding for one diagnosed point, with the remedies its evidence points to."""
+    spec = recipe.method_spec
+    hurt, gain = row.alone.drop_points, row.gain_points
+    if max(hurt, gain) < POINT_POINTS:
+        return None
+    remedies: list[Remedy] = []
+    steps = f"{row.rmse_vs_rounding:.1f}x pure rounding" if row.rmse_vs_rounding else "n/a"
+    spread = row.channels.spread
+    spread_text = f"{spread:.1f}" if spread is not None else "n/a"
+    evidence = row.to_dict()
+    if row.kind == KIND_INPUT:
+        title = (
+            f"the input's quantization costs {hurt:.2f} points on its own "
+            f"({row.bits}-bit grid, error {steps})"
+        )
+        detail = (
+            "The image itself is rounded before conv1. Its range after normalization sets the "
+            "step for every pixel; with 7-bit activations each step is twice as coarse."
+        )
+        remedies.append(
+            Remedy(
+                "keep conv1 in FP32 (the input stays float)",
+                {"keep_fp32": ("conv1",)},
+                "the first quantized layer then quantizes conv1's output instead of the image",
+            )
+        )
+    elif row.kind == KIND_WEIGHT:
+        title = (
+            f"{row.layer} weights cost {hurt:.2f} points on their own (SQNR "
+            f"{row.sqnr_db or 0:.1f} dB, error {steps}, channel spread {spread_text})"
+        )
+        detail = (
+            f"{'One scale per output channel' if row.per_channel else 'One scale for the whole layer'}"
+            f"; the widest channel sets the step for the narrow ones when the spread is large."
+        )
+        if not row.per_channel and spec.weight_settings:
+            remedies.append(
+                Remedy(
+                    "per-channel weights",
+                    {"weight_observer": "per-channel"},
+                    "one scale per filter: a large filter no longer coarsens the others",
+                )
+            )
+        if spec.supports_equalize and not recipe.equalize and (spread or 0) > CHANNEL_SPREAD:
+            remedies.append(
+                Remedy(
+                    "cross-layer equalization",
+                    {"equalize": True},
+                    "evens out channel ranges between layers without changing the function",
+                )
+            )
+    else:
+        where = "the average pool's output" if row.layer == "avgpool" else f"{row.layer}'s output"
+        title = (
+            f"{where} costs {hurt:.2f} points on its own ({100 * row.clipped_fraction:.2f}% "
+            f"clipped, error {steps})"
+        )
+        detail = "Activations share one scale per tensor, set by the calibration observer."
+        too_wide = row.clipped_fraction < CLIPPED and (row.rmse_vs_rounding or 0) > STEPS_EXCESS
+        if spec.chooses_act_observer and (
+            too_wide or recipe.act_observer in ("minmax", "moving-average")
+        ):
+            for observer in ("percentile", "mse"):
+                if recipe.act_observer != observer:
+                    remedies.append(
+                        Remedy(
+                            f"{observer} activation ranges",
+                            {"act_observer": observer},
+                            "clips the rare outliers that widen every step",
+                        )
+                    )
+        if spec.supports_equalize and not recipe.equalize and (spread or 0) > CHANNEL_SPREAD:
+            remedies.append(
+                Remedy(
+                    "cross-layer equalization",
+                    {"equalize": True},
+                    "evens out the channels that share one activation scale",
+                )
+            )
+    if spec.uses_observers and recipe.effective_reduce_range and row.kind != KIND_WEIGHT:
+        remedies.append(
+            Remedy(
+                "8-bit activations (reduce_range off)",
+                {"reduce_range": False},
+                "halves every activation step (the input's included); safe on VNNI CPUs",
+            )
+        )
+    layer = row.layer if row.layer != "avgpool" else "fc1"
+    if layer is not None and layer in spec.keep_fp32_layers and layer not in recipe.keep_fp32:
+        remedies.append(
+            Remedy(
+                f"keep {layer} in FP32",
+                {"keep_fp32": (layer,)},
+                "a true FP32 island: the layer gets the float tensor of the FP32 model",
+            )
+        )
+    return Finding(
+        f"point:{row.point}",
+        title,
+        detail + f" Simulated on {row.n_images} selection images; keeping this point float "
+        f"wins back {gain:.2f} points.",
+        evidence,
+        tuple(dict.fromkeys(remedies)),
+        score=gain,
+    )
 
-    return float(range_spread(channel_ranges(getattr(model, layer).weight.detach(), 0)))
+
+def _point_rows(diagnostics: PointDiagnostics | None) -> list[dict]:
+    """The evidence plot's rows: per point, the drop alone and the gain when float."""
+    if diagnostics is None:
+        return []
+    return [
+        {
+            **row.to_dict(),
+            "drop_only_this_quantized": row.alone.drop_points,
+            "recovered_if_float": row.gain_points,
+        }
+        for row in diagnostics.points
+    ]
 
 
 def _remedy_from(d: Mapping[str, Any]) -> Remedy:
@@ -761,7 +832,6 @@ def examine(
     seeds: int = DEFAULT_SEEDS,
     max_size_bytes: int | None = None,
     quantized: QuantizedModel | None = None,
-    diagnostics: Callable[[Doctor], Sequence[Mapping[str, Any]]] | None = None,
     progress: Progress | None = None,
     fp32: Fp32Baseline | None = None,
 ) -> DoctorReport:
@@ -769,8 +839,7 @@ def examine(
     prescription measured on held-out images. ``fp32``: a run's FP32 baseline for the same
     model and images (reused instead of evaluating FP32 again)."""
     doc = Doctor(config, seeds=seeds, quantized=quantized, progress=progress, fp32=fp32)
-    extra_rows = list(diagnostics(doc)) if diagnostics else []
-    findings = doc.findings(extra_rows)
+    findings = doc.findings()
     checks = tuple(f.to_dict() for f in findings if f.key.startswith("setup:"))
     outcomes = doc.try_remedies(findings)
     ranked = doc.rank(findings, outcomes)
@@ -780,7 +849,7 @@ def examine(
     return DoctorReport(
         config,
         checks,
-        tuple(doc.point_effects()),
+        tuple(_point_rows(doc.diagnose())),
         tuple(ranked),
         prescription,
         len(doc.seeds),
