@@ -217,25 +217,35 @@ def _observed(t: Any) -> bool:
 
 
 def unobserved_layers(quantized: QuantizedModel) -> list[str]:
-    """Layers whose output qparams are the defaults an observer that never saw data gives.
+    """Quantization points whose qparams are the defaults an observer that never saw data gives.
 
     torch's observers with no data return scale 1.0 and zero point 0 (and warn); a real range
-    of exactly 1.0 per step is implausible for this network's activations, so the pair marks
-    a layer whose observer was never run (calibration images did not reach it).
+    of exactly one unit per step is implausible for this network's inputs and activations, so
+    the pair marks a point whose observer was never run (calibration images did not reach it).
+    Covers quantized modules and the model's Quantize stubs (eager), and the scale/zero-point
+    attributes FX stores for each quantize op.
     """
     module = quantized.inspectable
     found = []
-    for name in LAYER_NAMES:
-        try:
-            layer = module.get_submodule(name)
-        except AttributeError:
-            continue
-        scale, zp = getattr(layer, "scale", None), getattr(layer, "zero_point", None)
-        if scale is None or zp is None:
-            continue
-        if float(scale) == 1.0 and int(zp) == 0:
-            found.append(name)
-    return found
+    for name, sub in module.named_modules():
+        scale, zp = getattr(sub, "scale", None), getattr(sub, "zero_point", None)
+        if isinstance(scale, float | torch.Tensor) and isinstance(zp, int | torch.Tensor):
+            if torch.as_tensor(scale).numel() == 1 and float(scale) == 1.0 and int(zp) == 0:
+                found.append(name or "model")
+    for name, value in module.named_buffers():
+        if name.endswith("_scale_0") and value.numel() == 1 and float(value) == 1.0:
+            zp = dict(module.named_buffers()).get(name.replace("_scale_0", "_zero_point_0"))
+            if zp is not None and int(zp) == 0:
+                found.append(name.removesuffix("_scale_0"))
+    return [_point_name(n) for n in found]
+
+
+def _point_name(module_path: str) -> str:
+    """A module path as the user knows it: ``to_int8.conv1`` is conv1's input (the image)."""
+    if module_path.startswith("to_int8."):
+        layer = module_path.split(".", 1)[1]
+        return "the input" if layer == LAYER_NAMES[0] else f"{layer}'s input"
+    return module_path
 
 
 def unfused_layers(quantized: QuantizedModel) -> list[str]:
@@ -264,7 +274,7 @@ def setup_checks(run_quantized: QuantizedModel, fp32: nn.Module) -> list[Finding
         if safe:
             findings.append(
                 Finding(
-                    "setup:reduce_range",
+                    "cpu:reduce_range",
                     "7-bit activations on a CPU that does not need them",
                     reduce_range_advice(features),
                     {"cpu": features.present(), "backend": recipe.backend},
@@ -552,35 +562,63 @@ class Doctor:
         return outcomes
 
     def rank(self, findings: Sequence[Finding], outcomes: Sequence[RemedyOutcome]) -> list[dict]:
-        """Findings ordered by what their best remedy measurably wins back (then by score),
-        each with its remedies best first and a flag where two are within each other's spread."""
+        """Findings ordered by what their best remedy measurably wins back, each with its
+        remedies best first and, per remedy, the others within its calibration-seed spread.
+
+        Findings whose best remedies are within each other's seed spread are not ranked
+        apart by that noise: among them a setup check comes first (it is a cause; the
+        quantization points it affects are its symptoms), then the finding with the stronger
+        evidence of its own (the simulated gain of keeping the point float).
+        """
         by_finding: dict[str, list[RemedyOutcome]] = {}
         for o in outcomes:
             by_finding.setdefault(o.finding, []).append(o)
         rows = []
         for f in findings:
             tried = sorted(by_finding.get(f.key, []), key=lambda o: -o.recovery_points)
-            best = tried[0].recovery_points if tried else 0.0
-            # A layer's own measured effect ranks it; a setup or technique finding has no
-            # effect of its own but what its remedy wins back.
-            impact = f.score if f.key.startswith("point:") else best
-            ranked = rank_candidates(
-                [(o.remedy.name, o.trial.spread.interval) for o in tried], higher_is_better=False
-            )
+            overlaps = {
+                r.name: r.overlaps_with
+                for r in rank_candidates(
+                    [(o.remedy.name, o.trial.spread.interval) for o in tried],
+                    higher_is_better=False,
+                )
+            }
+            best = tried[0] if tried else None
             rows.append(
                 {
                     "finding": f.to_dict(),
-                    "impact_points": impact,
-                    "best_recovery_points": best,
+                    "impact_points": best.recovery_points if best else 0.0,
+                    "best_recovery_points": best.recovery_points if best else 0.0,
                     "remedies": [
-                        {**o.to_dict(), "within_spread_of": list(r.overlaps_with)}
-                        for o, r in zip(tried, ranked, strict=True)
+                        {**o.to_dict(), "within_spread_of": list(overlaps[o.remedy.name])}
+                        for o in tried
                     ],
+                    "_best": best,
                 }
             )
-        rows.sort(key=lambda r: (-r["impact_points"], -r["best_recovery_points"]))
+        rows.sort(key=lambda r: -r["impact_points"])
+        # Tiers: a row joins the leader's tier while its best remedy's seed spread overlaps.
+        tier, leader = 0, None
+        for row in rows:
+            best = row["_best"]
+            interval = best.trial.spread.interval if best else None
+            if leader is None or interval is None or not interval.overlaps(leader):
+                tier, leader = tier + 1, interval
+            row["tier"] = tier
+        # Defects of the setup first, then quantization points, then advice (the CPU's
+        # instruction sets, techniques worth trying) that is not a cause of its own.
+        kind_order = {"setup": 0, "point": 1, "cpu": 2, "technique": 2}
+        rows.sort(
+            key=lambda r: (
+                r["tier"],
+                kind_order.get(r["finding"]["key"].split(":")[0], 3),
+                -r["finding"]["score"],
+                -r["impact_points"],
+            )
+        )
         for rank, row in enumerate(rows, start=1):
             row["rank"] = rank
+            del row["_best"]
         return rows
 
     # --- prescription --------------------------------------------------------------------------
@@ -730,13 +768,13 @@ def _point_finding(row: PointDiagnosis, recipe: QuantRecipe) -> Finding | None:
         if spec.chooses_act_observer and (
             too_wide or recipe.act_observer in ("minmax", "moving-average")
         ):
-            for observer in ("percentile", "mse"):
+            for observer in ("histogram", "mse", "percentile", "entropy"):
                 if recipe.act_observer != observer:
                     remedies.append(
                         Remedy(
                             f"{observer} activation ranges",
                             {"act_observer": observer},
-                            "clips the rare outliers that widen every step",
+                            "a range chosen from the distribution, not from its most extreme value",
                         )
                     )
         if spec.supports_equalize and not recipe.equalize and (spread or 0) > CHANNEL_SPREAD:
@@ -770,7 +808,7 @@ def _point_finding(row: PointDiagnosis, recipe: QuantRecipe) -> Finding | None:
         detail + f" Simulated on {row.n_images} selection images; keeping this point float "
         f"wins back {gain:.2f} points.",
         evidence,
-        tuple(dict.fromkeys(remedies)),
+        tuple({r.name: r for r in remedies}.values()),
         score=gain,
     )
 

@@ -1,7 +1,7 @@
 """The live webcam in a real browser: what a user sees on Predict > Live webcam, over 30 s.
 
-    .venv/bin/python bench/live.py [--seconds 30] [--threads 1] [--warmup 0]
-    .venv/bin/python bench/live.py --engine-only [--seconds 30] [--threads 1] [--fps 20]
+    .venv/bin/python -m bench.live [--seconds 30] [--threads 1] [--warmup 0]
+    .venv/bin/python -m bench.live --engine-only [--seconds 30] [--threads 1] [--fps 20]
 
 Starts `streamlit run app.py` on a free port, drives Debian's Chromium (the flags of
 tests/browser/conftest.py, with its fake camera) through Playwright: press Quantize with the
@@ -22,72 +22,23 @@ import argparse
 import contextlib
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from aslquant.live import THREADS_ENV  # noqa: E402
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, _free_port, _healthy  # noqa: E402
+from aslquant.live import THREADS_ENV
+from tests.browser.driver import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    go,
+    metric,
+    streamlit_server,
+    wait_script_done,
+)
 
 GOAL_FPS = 15.0
 GOAL_E2E_P95_MS = 150.0
 RUN_TIMEOUT_MS = 15 * 60_000
-RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'
-
-
-@contextlib.contextmanager
-def streamlit_server(
-    env: dict[str, str], log_path: Path, options: tuple[str, ...] = ()
-) -> Iterator[str]:
-    """`streamlit run app.py` on a free port (as tests/browser/conftest.py starts it)."""
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.headless", "true", "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false", *options,
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_script_done(page, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
-    """Wait for the script run a click started: running appears, then goes."""
-    with contextlib.suppress(Exception):  # a very short run may finish before we look
-        page.wait_for_selector(RUNNING, timeout=3_000)
-    page.wait_for_selector(RUNNING, state="detached", timeout=timeout_ms)
-
-
-def go(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).first.click()
-    page.get_by_role("heading", name=title, exact=True).first.wait_for()
-    wait_script_done(page)
-
-
-def metric(page, label: str, part: str = "stMetricValue") -> str:
-    box = page.locator('[data-testid="stMetric"]', has_text=label).first
-    return box.locator(f'[data-testid="{part}"]').inner_text().strip()
 
 
 def pair_of(text: str) -> tuple[float, float]:

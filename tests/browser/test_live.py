@@ -7,16 +7,11 @@ the benchmark's reading of the page is tested too. Chromium's fake camera is the
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.live import go, quantize_default, stream  # noqa: E402
+from bench.live import go, quantize_default, stream
+from tests.browser.driver import screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -47,3 +42,4 @@ def test_live_webcam_processes_frames_and_updates_both_top3(page) -> None:
     preview = figures["preview"]
     assert preview is not None, "the local preview never played"
     assert preview["square"] > 0 and preview["width"] > 0
+    screenshot(page, "live")
