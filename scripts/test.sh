@@ -13,4 +13,5 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
+# Two workers: the browser tests run in one (one server, in order), the rest spread over both.
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"

@@ -36,13 +36,17 @@ def browser_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory, browser_data: Path) -> Iterator[str]:
-    """The dashboard served by a real `streamlit run`, one server per test module.
+def pytest_collection_modifyitems(items) -> None:
+    """Every browser test runs in one xdist worker, in file order, against one server: the
+    runs and analyses one module computes are cached for the next (as for real users)."""
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("browser"))
 
-    Module scope: a server left running (with its WebRTC threads) would take CPU from every
-    later test in the run.
-    """
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory: pytest.TempPathFactory, browser_data: Path) -> Iterator[str]:
+    """The dashboard served by a real `streamlit run`, shared by the browser tests."""
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = dict(os.environ)
     env["ASLQUANT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
@@ -55,7 +59,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory, browser_data: Path) -> Ite
         print(f"--- streamlit server log ({log_path}) ---\n{text[-6000:]}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator:
     if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")

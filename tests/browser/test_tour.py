@@ -69,7 +69,9 @@ def test_ship_check_draws_calibration_study_robustness_and_margins(page) -> None
     press(page, "Run the calibration study")
     # Robustness split, margins, calibration study.
     assert charts(page, 3, timeout=RUN_TIMEOUT_MS) >= 3
-    titles = page.locator(".js-plotly-plot .gtitle").all_inner_texts()
+    titles = page.locator(".js-plotly-plot .gtitle").evaluate_all(
+        "els => els.map(e => e.textContent || '')"
+    )
     for title in ("INT8 gap on corrupted images", "Where INT8 changes the answer",
                   "How many calibration images are enough"):  # fmt: skip
         assert any(title in t for t in titles), (title, titles)
