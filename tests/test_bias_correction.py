@@ -14,7 +14,8 @@ from aslquant.bias_correction import correct_biases, fake_quantize_weight
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
 from aslquant.model import FUSE_GROUPS, LAYER_NAMES, load_checkpoint
-from aslquant.quantize import make_qconfig, quantize
+from aslquant.qconfig import make_qconfig
+from aslquant.quantize import quantize
 from aslquant.recipe import QuantRecipe
 from aslquant.run import DEMO_CHECKPOINT, DEMO_DATA, DEMO_LABELS
 
