@@ -111,6 +111,7 @@ def full_run():
 # --- per-layer error -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_layer_errors_cover_all_layers_with_finite_sqnr(run, layers):
     assert [r.name for r in layers] == list(LAYER_NAMES)
     for row in layers:
@@ -145,6 +146,7 @@ def test_weight_sqnr_matches_an_independent_computation(run, layers):
         assert row.weight_mse == pytest.approx(float((deq - w).pow(2).mean()), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_poor_weights_have_lower_weight_sqnr(run, layers):
     # Only weights are compared: the cheapest activation observer and few images will do.
     poor = variant(run, calib_images=16, weight_observer="minmax", act_observer="minmax")
@@ -160,6 +162,7 @@ def kept_conv2(run):
     return variant(run, calib_images=16, keep_fp32=("conv2",))
 
 
+@pytest.mark.slow
 def test_kept_fp32_layer_has_no_own_error(kept_conv2):
     rows = {r.name: r for r in analysis.layer_errors(kept_conv2, max_images=8)}
     assert rows["conv2"].quantized is False
@@ -177,6 +180,7 @@ def test_kept_fp32_layer_has_no_own_error(kept_conv2):
         lambda m: m.has_layer_modules and not m.trains and m.name != methods.DEFAULT_METHOD
     ),
 )
+@pytest.mark.slow
 def test_every_method_with_layer_modules_has_layer_rows(run, method):
     """No method leaves the Layers page empty (FX graphs, dynamic, FP16 here; the run's own
     method above; pt2e in test_pt2e_run_has_per_layer_rows)."""
@@ -217,6 +221,7 @@ def test_weight_histogram_has_grid_and_clip_range(state):
     assert h.to_dict()["scales"] == list(h.scales)
 
 
+@pytest.mark.slow
 def test_activation_histogram_counts_every_value(state, layers):
     h = state.histogram("conv3", "activations", bins=50)
     row = next(r for r in layers if r.name == "conv3")
@@ -381,6 +386,7 @@ def test_simulator_with_every_point_off_is_the_fp32_model(run, state):
         assert torch.equal(sim(x), fp32_runner(run.fp32_model)(x))
 
 
+@pytest.mark.slow
 def test_simulator_native_points_mirror_the_int8_model(run, state):
     plan = state.sim_plan()
     assert tuple(plan.native()) == analysis.POINTS == plan.scope  # the input included
@@ -405,6 +411,7 @@ def test_simulator_native_points_mirror_the_int8_model(run, state):
     assert logit_sqnr(simulated, int8) > logit_sqnr(fp32, int8) + 10.0
 
 
+@pytest.mark.slow
 def test_simulator_agrees_with_int8_predictions(state):
     check = analysis.check_simulator(state, max_images=29)
     assert check.n_images == 29 and check.points_on == analysis.POINTS
@@ -433,6 +440,7 @@ def test_simulator_follows_fp32_islands(kept_conv2):
     assert plan.points["conv2.weight"].source == simulate.SOURCE_WEIGHTS
 
 
+@pytest.mark.slow
 def test_simulator_follows_a_float_conv4_across_the_average_pool(run):
     """conv4 float, fc1 quantized: the model quantizes fc1's input after the average pool with
     a grid observed there; quantizing conv4's wider output with it would clip it badly."""
@@ -469,6 +477,7 @@ def test_simulator_switches_and_bit_widths(state):
         plan.at_bits(1)
 
 
+@pytest.mark.slow
 def test_point_diagnostics_explain_each_point(run, state):
     points = ("input", "conv2.weight", "fc1.output")
     diag = analysis.diagnose_points(state, max_images=8, points=points)
@@ -709,6 +718,7 @@ def test_report_html_is_self_contained(run, layers):
     assert "Bit-width sweep" in md and "isolated" in md
 
 
+@pytest.mark.slow
 def test_analyses_never_change_the_run(run, pristine):
     """Last in the module: every analysis above ran on this run (layers, histograms, the
     simulator, diagnostics, pt2e and kept-layer variants); a few more run here too."""

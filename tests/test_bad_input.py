@@ -172,6 +172,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     assert not (tmp_path.parent / "evil.txt").exists() and not Path("evil.txt").exists()
 
 
+@pytest.mark.slow
 def test_non_image_files_are_skipped_and_counted(tmp_path, capsys):
     data = _small_data(tmp_path / "d", per_class=3)
     (data / "A" / "notes.txt").write_text("not an image")

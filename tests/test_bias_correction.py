@@ -93,6 +93,7 @@ def demo():
     "weight_observer, qscheme",
     [("minmax", "symmetric"), ("minmax", "affine"), ("per-channel", "affine")],
 )
+@pytest.mark.slow
 def test_quantized_weights_are_exactly_what_convert_stores(demo, weight_observer, qscheme):
     model, calib, _ = demo
     recipe = QuantRecipe(weight_observer=weight_observer, qscheme=qscheme, backend="fbgemm")
@@ -128,6 +129,7 @@ def _channel_mean_error(layer, x, weight_q, bias) -> torch.Tensor:
         return (nn.functional.linear(x, weight_q, bias).double() - reference).mean(dim=0)
 
 
+@pytest.mark.slow
 def test_demo_mean_output_error_per_channel_vanishes(demo):
     model, calib, _ = demo
     corrected, report = correct_biases(model, calib, PER_TENSOR)

@@ -43,6 +43,7 @@ def test_the_issue_list_is_covered_with_three_documented_severities():
         assert spec.parameters(2) == spec.levels[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(C.CORRUPTIONS))
 def test_damage_grows_with_severity(name, demo_images):
     for rgb in demo_images:

@@ -167,6 +167,7 @@ def test_the_doctor_ranks_the_planted_cause_first_and_its_remedy_recovers_it(pla
     assert remedy["recovery_points"] >= RECOVERY * before, (remedy["remedy"], before)
 
 
+@pytest.mark.slow
 def test_setup_checks_name_unfused_layers_and_untouched_observers():
     from aslquant.quantize import quantize
 

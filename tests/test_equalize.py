@@ -72,6 +72,7 @@ def _max_logit_change(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
         return float((a(x) - b(x)).abs().max())
 
 
+@pytest.mark.slow
 def test_cle_leaves_demo_logits_unchanged(demo):
     model, _, evaluation, equalized, report = demo
     noise = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -91,6 +92,7 @@ def test_cle_leaves_demo_logits_unchanged(demo):
     assert not torch.equal(equalized.conv1.weight, model.conv1.weight)
 
 
+@pytest.mark.slow
 def test_rescale_channel_is_function_preserving_and_plants_an_outlier(demo):
     model, _, evaluation, _, _ = demo
     planted = rescale_channel(model, "conv2", 5, 50.0)
@@ -109,6 +111,7 @@ def _weight_sqnr_db(weight: torch.Tensor) -> float:
     return float(10 * torch.log10(weight.pow(2).sum() / noise))
 
 
+@pytest.mark.slow
 def test_planted_outlier_ruins_per_tensor_weights_and_cle_repairs_them(demo):
     model, _, evaluation, _, _ = demo
     planted = rescale_channel(model, "conv2", 5, 50.0)

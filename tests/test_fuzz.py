@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -73,6 +74,7 @@ def _value_or_input_error(load, data: bytes, name: str) -> None:
         assert "\n" not in message and message.startswith(f"{name}: "), message
 
 
+@pytest.mark.slow
 @FUZZ
 @given(_damaged(LB_PKL, edge=len(LB_PKL)))
 def test_damaged_lb_pkl(data: bytes) -> None:
@@ -85,6 +87,7 @@ def test_damaged_labels_txt(data: bytes) -> None:
     _value_or_input_error(lambda d, n: load_labels(d, name=n), data, "labels.txt")
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=150)
 @given(_damaged(MODEL, edge=2048))
 def test_damaged_model_pth(data: bytes) -> None:

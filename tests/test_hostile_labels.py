@@ -71,6 +71,7 @@ def test_cli_refuses_a_deep_json_labels_file(tmp_path):
     check_cli_refusal(code, stderr, measured, "labels.json: JSON labels must be a list")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_each_hostile_labels_file_is_one_input_error(name):
     content, needle = HOSTILE[name]

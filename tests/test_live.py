@@ -117,6 +117,7 @@ def test_slot_keeps_only_the_newest_and_reports_replacements() -> None:
     assert time.perf_counter() - started < 1  # close wakes a waiting take at once
 
 
+@pytest.mark.slow
 def test_stale_frames_are_dropped_and_only_the_newest_is_processed(pairs) -> None:
     pair = pairs["x86"]
     proc = LiveProcessor(threads=1)
@@ -351,6 +352,7 @@ def test_live_threads_env_is_validated(monkeypatch) -> None:
 # --- one image, confidence and provenance ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_pair_matches_the_models(pairs) -> None:
     pair = pairs["x86"]
     image = Image.open(_demo_image()).convert("RGB")

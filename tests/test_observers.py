@@ -314,6 +314,7 @@ def _fx(model, qconfig, calib):
     return convert_fx(prepared)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("observer_cls", OBSERVERS)
 @pytest.mark.parametrize("flow", [_eager, _fx], ids=["eager", "fx"])
 def test_demo_model_quantized_with_each_observer_agrees_with_fp32(demo, observer_cls, flow):

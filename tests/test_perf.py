@@ -58,6 +58,7 @@ def demo_model():
     return load_checkpoint(DEMO_CHECKPOINT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["static", "fx"])
 def test_quantized_models_use_fast_pooling_and_exports_do_not(demo_model, method):
     calib = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -98,6 +99,7 @@ def _small(config: RunConfig) -> RunConfig:
     )
 
 
+@pytest.mark.slow
 def test_a_further_recipe_reuses_the_fp32_baseline():
     cold = execute(_small(RunConfig().with_recipe(calib_images=32)))
     assert cold.baseline is not None and cold.timings_s["fp32_reused"] == 0.0
@@ -115,6 +117,7 @@ def test_a_further_recipe_reuses_the_fp32_baseline():
     assert warm.agreement == alone.agreement
 
 
+@pytest.mark.slow
 def test_a_baseline_for_other_images_is_not_reused():
     base_config = _small(RunConfig().with_recipe(calib_images=32))
     baseline = measure_fp32(base_config, load_inputs(base_config))

@@ -46,6 +46,7 @@ METHODS_X86 = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS_X86)
 def test_every_method_on_x86_agrees_with_fp32(demo, method):
     model, calib, evaluation, fp32_top1, train = demo
@@ -55,6 +56,7 @@ def test_every_method_on_x86_agrees_with_fp32(demo, method):
     assert q.recipe.reduce_range is True  # resolved, never left as "backend default"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["x86", "fbgemm", "onednn", "qnnpack"])
 def test_static_on_every_backend_agrees_with_fp32(demo, backend):
     model, calib, evaluation, fp32_top1, _ = demo
@@ -65,6 +67,7 @@ def test_static_on_every_backend_agrees_with_fp32(demo, backend):
     assert isinstance(model.conv1, torch.nn.Conv2d)
 
 
+@pytest.mark.slow
 def test_engine_is_restored(demo):
     model, calib, *_ = demo
     before = torch.backends.quantized.engine
@@ -72,6 +75,7 @@ def test_engine_is_restored(demo):
     assert torch.backends.quantized.engine == before
 
 
+@pytest.mark.slow
 def test_static_x86_is_at_least_3_5x_smaller(demo):
     model, calib, *_ = demo
     q = quantize(model, QuantRecipe(), calib)
@@ -97,12 +101,14 @@ def test_fp16_halves_the_size(demo):
     ],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
 )
+@pytest.mark.slow
 def test_observer_and_scheme_choices_work(demo, changes):
     model, calib, evaluation, fp32_top1, _ = demo
     q = quantize(model, QuantRecipe(**changes), calib)
     assert _agreement(q, evaluation, fp32_top1) >= 0.85
 
 
+@pytest.mark.slow
 def test_reduce_range_changes_the_activation_grid(demo):
     model, calib, *_ = demo
     seven = quantize(model, QuantRecipe(reduce_range=True), calib)
@@ -112,6 +118,7 @@ def test_reduce_range_changes_the_activation_grid(demo):
     assert 1.6 < ratio < 2.4
 
 
+@pytest.mark.slow
 def test_keep_fp32_leaves_layers_in_float(demo):
     model, calib, evaluation, fp32_top1, _ = demo
     q = quantize(model, QuantRecipe(keep_fp32=("fc2", "conv1")), calib)
@@ -200,6 +207,7 @@ KEEP_ALL = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", KEEP_ALL)
 @pytest.mark.parametrize("wide_input", [False, True], ids=["demo", "imagenet-normalized"])
 def test_keeping_every_layer_in_fp32_is_the_fp32_model(demo, method, wide_input):
@@ -223,6 +231,7 @@ def test_keeping_every_layer_in_fp32_is_the_fp32_model(demo, method, wide_input)
     assert torch.allclose(got, expected, atol=1e-4 if method == "pt2e" else 1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["static", "fx"])
 def test_clipping_observers_and_techniques_run_through_quantize(demo, method):
     model, calib, evaluation, fp32_top1, _ = demo

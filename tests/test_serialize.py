@@ -118,6 +118,7 @@ def _round_trip_file(module: nn.Module, tmp_path: Path) -> dict:
     return unpack_state_dict(load_packed(path))
 
 
+@pytest.mark.slow
 def test_fp32_round_trip_is_exact(demo, skeleton_model, tmp_path):
     model, _, images = demo
     state = _round_trip_file(model, tmp_path)
@@ -132,6 +133,7 @@ def test_fp32_round_trip_is_exact(demo, skeleton_model, tmp_path):
         assert torch.equal(skeleton(images), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_quantized_round_trip_reproduces_outputs(name, demo, skeleton_model, quantized, tmp_path):
     _, _, images = demo

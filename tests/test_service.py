@@ -79,6 +79,7 @@ def _counting_evaluate(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_background_baseline_is_measured_once_and_handed_to_runs(monkeypatch):
     calls = _counting_evaluate(monkeypatch)
     store = BaselineStore(onnx=False)
@@ -97,6 +98,7 @@ def test_background_baseline_is_measured_once_and_handed_to_runs(monkeypatch):
     assert result.timings_s["fp32_reused"] == 1.0 and result.fp32 is timed.metrics
 
 
+@pytest.mark.slow
 def test_a_run_takes_precedence_over_background_work():
     store = BaselineStore(onnx=False)
     config = _small()
@@ -111,6 +113,7 @@ def test_a_run_takes_precedence_over_background_work():
     assert baseline.evaluation.n == 96
 
 
+@pytest.mark.slow
 def test_switching_model_cancels_background_work_nobody_wants():
     store = BaselineStore(onnx=False)
     first, other = _small(), _small(eval_images=64)

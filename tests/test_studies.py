@@ -249,6 +249,7 @@ def test_calibration_size_study_reports_every_size_over_the_same_seeds(small_run
 # Robustness split
 
 
+@pytest.mark.slow
 def test_clean_row_reproduces_the_runs_accuracies_exactly(small_run):
     split = rb.robustness_split(small_run, corruptions=["jpeg"], severities=[1], images=None)
     clean = split.clean
@@ -263,6 +264,7 @@ def test_clean_row_reproduces_the_runs_accuracies_exactly(small_run):
     _json(split.to_dict())
 
 
+@pytest.mark.slow
 def test_subset_is_a_class_balanced_prefix_and_rows_are_consistent(small_run):
     before = sorted(p.name for p in Path(DEMO_DATA).rglob("*"))
     split = rb.robustness_split(
@@ -290,6 +292,7 @@ def test_subset_is_a_class_balanced_prefix_and_rows_are_consistent(small_run):
     assert noise[3] < noise[1]  # stronger noise, more damage
 
 
+@pytest.mark.slow
 def test_corrupted_split_is_deterministic_and_seeded(small_run):
     def rows(seed):
         split = rb.robustness_split(

@@ -85,6 +85,7 @@ def _mask_distance(a: str, b: str, seeds: range = range(4)) -> float:
     return float(np.mean(out))
 
 
+@pytest.mark.slow
 def test_look_alike_letters_have_closer_silhouettes_than_unrelated_ones():
     alike = [("A", "S"), ("M", "N"), ("S", "T"), ("A", "E"), ("K", "V"), ("G", "H"), ("U", "R")]
     unrelated = [("A", "B"), ("U", "Y"), ("K", "L"), ("A", "V"), ("M", "B"), ("I", "W")]
@@ -102,6 +103,7 @@ def test_nothing_has_no_hand_and_every_letter_has_one():
             assert 0.03 < covered < 0.6, (name, covered)
 
 
+@pytest.mark.slow
 def test_synth_cli_writes_kaggle_layout(tmp_path):
     assert synth_main(["--out", str(tmp_path / "set"), "--per-class", "1", "--seed", "7"]) == 0
     files = sorted((tmp_path / "set").glob("*/*.jpg"))
@@ -116,6 +118,7 @@ def test_synth_cli_rejects_bad_options(tmp_path, capsys):
     assert "--per-class" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_generate_dataset_reports_progress(tmp_path):
     seen = []
     paths = generate_dataset(tmp_path, 1, 3, progress=lambda d, t: seen.append((d, t)))
@@ -170,6 +173,7 @@ def test_train_demo_refuses_the_sample_seed(capsys):
     assert "2026" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_contact_sheet_png(tmp_path):
     from aslquant.synth import contact_sheet
 
