@@ -1,16 +1,17 @@
 """The benchmark: every backend and method on the demo, both FP32 baselines, the dashboard.
 
-    .venv/bin/python bench/latency.py [--threads 2] [--runs 30] [--eval-images N] [--no-dashboard]
+    .venv/bin/python -m bench.latency [--threads 2] [--runs 30] [--eval-images N]
 
-One process, in this order: the FP32 model is evaluated and timed once (torch eager, as
-loaded); each quantized row is one `execute()` of the engine (the code behind `python -m
+One process, in this order: the FP32 model is evaluated and timed once (torch eager in
+channels-last layout, aslquant's FP32 baseline); each quantized row is one `execute()` of the engine (the code behind `python -m
 aslquant report` and the dashboard) reusing that FP32 baseline, so every ratio is against FP32
 measured in the same process; then ONNX Runtime FP32 and INT8 (QDQ, per-channel, calibrated
 on the same 64 images). Latency: median and p95 over >= 30 timed calls after warm-up at a
 fixed thread count; the batch-32 samples are the evaluation's full batches. Sizes: the packed
 state_dict (aslquant.serialize), the same container for FP32 and INT8; ONNX rows: file size.
-Then the targets of the performance issue with the measured value of each, and the
-dashboard's timings (bench/dashboard.py). Prints markdown: paste it into the README.
+Then the targets of the performance issue with the measured value of each. Every latency
+carries the reliability verdict of aslquant.machine (spread, CPU share, load, steal).
+Prints markdown: paste it into the README. The dashboard's own timings: bench/dashboard.py.
 """
 
 from __future__ import annotations
@@ -20,20 +21,18 @@ import datetime
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
+import torch
+
+from aslquant import methods, runtime
+from aslquant.errors import InputError, UnsupportedCombination
+from aslquant.run import RunConfig, execute, load_inputs, measure_fp32
+
 ROOT = Path(__file__).resolve().parent.parent
-
-import torch  # noqa: E402
-
-import aslquant  # noqa: E402, F401  (the one place deprecation noise is silenced)
-from aslquant.errors import InputError, UnsupportedCombination  # noqa: E402
-from aslquant.run import RunConfig, execute, load_inputs, measure_fp32  # noqa: E402
-
 BACKENDS = ("x86", "onednn", "fbgemm", "qnnpack")
-METHODS = ("static", "fx", "pt2e")
-METHOD_NAMES = {"static": "static (eager)", "fx": "FX graph", "pt2e": "PT2E + torch.compile"}
+#: Every method that calibrates INT8 kernels (dynamic and fp16 keep float compute).
+METHODS = methods.names(lambda m: m.calibrates)
 
 
 def machine() -> str:
@@ -69,11 +68,11 @@ def _lat(lat: dict, batch: int) -> str:
 
 
 def main() -> int:
+    runtime.configure()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--eval-images", type=int, default=None, help="default: all 1096")
-    parser.add_argument("--no-dashboard", action="store_true")
     args = parser.parse_args()
 
     import onnxruntime
@@ -104,7 +103,7 @@ def main() -> int:
             f"{b32:.2f}x |"
         )
 
-    row("FP32", "-", "torch eager", fp32.accuracy, fp32.size_bytes, fp32.latency_ms)
+    row("FP32", "-", "torch eager (channels-last)", fp32.accuracy, fp32.size_bytes, fp32.latency_ms)
     results = {}
     for method in METHODS:
         for backend in BACKENDS:
@@ -113,23 +112,30 @@ def main() -> int:
                 result = execute(config, baseline=baseline)
             except (UnsupportedCombination, InputError) as err:
                 reason = str(err).split(";")[0]
-                print(f"| INT8 | {METHOD_NAMES[method]} | torch {backend} | n/a: {reason} |||||||")
+                print(f"| INT8 | {method} | torch {backend} | n/a: {reason} |||||||")
                 continue
             results[(method, backend)] = result
             q = result.int8
             row(
                 "INT8",
-                METHOD_NAMES[method],
+                method,
                 f"torch {backend}",
                 q.accuracy,
                 q.size_bytes,
                 q.latency_ms,
             )
-            print(f"<!-- {method}/{backend}: quantize {result.timings_s['quantize']:.1f} s -->")
+            unreliable = [
+                f"{name} {batch}"
+                for name, metrics in (("FP32", result.fp32), ("INT8", result.int8))
+                for batch, verdict in (metrics.latency_reliability or {}).items()
+                if not verdict.reliable
+            ]
+            if unreliable:
+                print(f"<!-- {method}/{backend}: UNRELIABLE timing: {', '.join(unreliable)} -->")
 
     from aslquant.export import onnx_compare
 
-    reference = results[("static", "x86")]
+    reference = results[(methods.DEFAULT_METHOD, "x86")]
     onnx = onnx_compare(reference)
     for key, label in (("fp32", "FP32"), ("int8", "INT8")):
         r = onnx[key]
@@ -173,12 +179,6 @@ def main() -> int:
             f"{recipe.method} {recipe.backend} |"
         )
 
-    if not args.no_dashboard:
-        sys.path.insert(0, str(ROOT / "bench"))
-        import dashboard
-
-        print()
-        dashboard.print_table(dashboard.measure())
     return 0
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import gc
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
+import numpy as np
+import psutil
 
-from aslquant.data import open_image  # noqa: E402
-from aslquant.live import LiveProcessor  # noqa: E402
-from aslquant.predict import ModelPair  # noqa: E402
-from aslquant.run import DEMO_DATA, RunConfig, execute  # noqa: E402
+from aslquant import runtime
+from aslquant.data import open_image
+from aslquant.live import LiveProcessor
+from aslquant.predict import ModelPair
+from aslquant.run import DEMO_DATA, RunConfig, execute
 
 BUDGET_MB = 50.0
 MAX_RUNS = 10  # the dashboard's run history bound (aslquant.ui.state.MAX_RUNS)
@@ -103,6 +104,7 @@ def measure(frames: int, runs: int, eval_images: int) -> dict[str, float]:
 
 
 def main() -> int:
+    runtime.configure()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--runs", type=int, default=10)

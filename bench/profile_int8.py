@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 
-import torch  # noqa: E402
-from torch.profiler import profile  # noqa: E402
+import torch
+from torch.profiler import profile
 
-import aslquant  # noqa: E402, F401  (the one place deprecation noise is silenced)
-from aslquant.engine_lock import engine_session  # noqa: E402
-from aslquant.measure import latency_ms  # noqa: E402
-from aslquant.quantize import portable_copy, quantize  # noqa: E402
-from aslquant.recipe import QuantRecipe  # noqa: E402
-from aslquant.run import RunConfig, load_inputs  # noqa: E402
+from aslquant import runtime
+from aslquant.engine_lock import engine_session
+from aslquant.measure import latency_ms
+from aslquant.qmodules import portable_copy
+from aslquant.quantize import quantize
+from aslquant.recipe import QuantRecipe
+from aslquant.run import RunConfig, load_inputs
 
 
 def op_table(module, x, backend: str, threads: int, calls: int) -> None:
@@ -40,6 +41,7 @@ def op_table(module, x, backend: str, threads: int, calls: int) -> None:
 
 
 def main() -> int:
+    runtime.configure()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="x86")
     parser.add_argument("--threads", type=int, default=2)
