@@ -208,7 +208,15 @@ def _build_qat(ctx: BuildContext) -> Built:
         raise UnsupportedCombination("method qat needs at least one training image")
     torch.manual_seed(0)
     prepared = prepare_qat(ctx.model, recipe, ctx.input_size)
-    optimizer = torch.optim.SGD(prepared.parameters(), lr=recipe.qat_lr, momentum=0.9)
+    # QAT fine-tunes only the layers it quantizes: a layer kept in FP32 stays the FP32 model's
+    # layer, so keeping every layer in FP32 still reproduces the FP32 model.
+    for name in recipe.keep_fp32:
+        getattr(prepared, name).requires_grad_(False)
+    trainable = [p for p in prepared.parameters() if p.requires_grad]
+    if not trainable:
+        note = "QAT: every layer is kept in FP32, so there was nothing to fine-tune"
+        return Built(convert_eager(prepared, recipe), notes=[note])
+    optimizer = torch.optim.SGD(trainable, lr=recipe.qat_lr, momentum=0.9)
     history: list[dict] = []
     steps = recipe.qat_epochs * len(train)
     done = 0
@@ -226,7 +234,7 @@ def _build_qat(ctx: BuildContext) -> Built:
             loss = F.cross_entropy(prepared(x), y)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(y)
+            total_loss += float(loss.detach()) * len(y)
             done += 1
             if ctx.progress:
                 ctx.progress("fine-tuning (QAT)", done / steps)

@@ -76,6 +76,7 @@ def run_summary(result: RunResult) -> dict:
             "n_eval": result.n_eval,
             "n_calib": result.n_calib,
             "threads": result.threads,
+            "uncertainty": result.uncertainty.to_dict(),
             "latency_reliable": {
                 "fp32": result.fp32.latency_reliable,
                 "int8": result.int8.latency_reliable,
@@ -99,7 +100,6 @@ def report_dict(
         "command": result.config.cli_command(),
         "class_names": result.class_names,
         **run_summary(result),
-        "uncertainty": result.uncertainty.to_dict(),
         "per_class": result.per_class(),
         "per_class_drops": [row.to_dict() for row in result.per_class_drops()],
         "confusion": {
@@ -229,8 +229,8 @@ def run_report_blocks(report: Mapping) -> list[Block]:
     blocks += _analysis_blocks(report)
     blocks += _profile_blocks(report)
     blocks += _confusion_blocks(report)
-    if report.get("per_class"):
-        blocks += section(tables.per_class_table(report["per_class"]))
+    if report.get("per_class_drops"):
+        blocks += section(tables.per_class_table(report["per_class_drops"]))
     flipped = tables.flipped_table(report.get("flipped") or [])
     if flipped.rows:
         blocks += section(flipped)

@@ -120,7 +120,7 @@ with widgets.guard("the Compare page"):
             figures.confusion_diff_figure(r.confusion_fp32, r.confusion_int8, r.class_names),
             key="cm_diff",
         )
-        per_class = tables.per_class_table(r.per_class())
+        per_class = tables.per_class_table([row.to_dict() for row in r.per_class_drops()])
         with st.expander(per_class.title):
             st.dataframe(per_class.to_frame(), hide_index=True, width="stretch")
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 def demo_report(tmp_path_factory) -> tuple[dict, Path, str]:
     out = tmp_path_factory.mktemp("report")
     proc = subprocess.run(
-        [sys.executable, "-m", "aslquant", "report", "--out", str(out)],
+        [sys.executable, "-m", "aslquant", "--verbose", "report", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -66,7 +66,7 @@ def test_demo_report_contract(demo_report):
     assert len(report["flipped"]) == round((1 - agree) * report["n_eval"])
     for row in report["flipped"]:
         assert row["fp32"] != row["int8"] and set(row) >= {"path", "true", "fp32", "int8"}
-    assert "calibrating" in stderr and "evaluating" in stderr  # progress on stderr
+    assert "calibrating" in stderr and "evaluating" in stderr  # --verbose: progress on stderr
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,18 @@ def test_robust_gap_gate_fails_on_a_model_int8_breaks(planted_checkpoint, tmp_pa
     markdown = (tmp_path / "a" / "report.md").read_text()
     for title in ("Robustness", "Calibration luck", "confidence margin", "Gates"):
         assert title in markdown
+
+
+def test_progress_is_silent_off_a_terminal_unless_verbose(monkeypatch):
+    """A script or CI log sees only the error line; --verbose adds one line per stage."""
+    import io
+
+    import aslquant.cli as cli
+
+    for verbose, expected in ((False, ""), (True, "calibrating ... ")):
+        monkeypatch.setattr(cli, "_VERBOSE", verbose)
+        stream = io.StringIO()
+        bar = cli.ProgressBar(stream)
+        bar("calibrating", 0.5)
+        bar("calibrating", 1.0)
+        assert stream.getvalue().startswith(expected) and stream.getvalue().count("\n") == verbose

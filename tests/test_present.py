@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from aslquant import analysis, export
+from aslquant import analysis, experiments, export
 from aslquant.model import LAYER_NAMES, layer_table
 from aslquant.present import format as fmt
 from aslquant.present import tables
@@ -292,12 +292,12 @@ def timed(evaluated):
 
 @pytest.fixture(scope="module")
 def layers(evaluated):
-    return analysis.layer_errors(evaluated, max_images=16)
+    return [r.to_dict() for r in analysis.layer_errors(evaluated, max_images=16)]
 
 
 @pytest.fixture(scope="module")
 def sensitivity(evaluated):
-    return analysis.sensitivity(evaluated, max_images=29)
+    return [r.to_dict() for r in analysis.sensitivity(evaluated, max_images=29)]
 
 
 def _frame_matches(table: tables.Table) -> None:
@@ -319,8 +319,10 @@ def test_summary_table_and_cards_of_a_timed_run(timed):
     table = tables.summary_table(s)
     _frame_matches(table)
     rows = {row[0]: row[1:] for row in table.rows}
-    assert rows["top-1 accuracy"][1] == f"{100 * timed.int8.accuracy:.2f}%"
-    assert rows["top-1 accuracy"][2] == f"drop {timed.accuracy_drop_points + 0.0:.2f} points"
+    u = timed.uncertainty
+    assert rows["top-1 accuracy"][1] == fmt.interval(u.int8_accuracy)
+    assert rows["top-1 accuracy"][1].startswith(f"{100 * timed.int8.accuracy:.1f}% (95% CI ")
+    assert rows["top-1 accuracy"][2] == "drop " + fmt.interval(u.drop, kind="points")
     assert rows["size (packed state_dict)"][2] == f"{timed.size_ratio:.2f}x smaller"
     lat = timed.int8.latency_ms
     assert (
@@ -341,7 +343,7 @@ def test_pending_latency_shows_pending_everywhere(evaluated):
     for batch in (1, 32):
         assert rows[f"latency batch {batch} p50 / p95 (ms)"] == ("pending",) * 3
     # Accuracy and size are there before the timing.
-    assert rows["top-1 accuracy"][0] == fmt.percent(evaluated.fp32.accuracy)
+    assert rows["top-1 accuracy"][0] == fmt.interval(evaluated.uncertainty.fp32_accuracy)
     cards = {c.title: c for c in tables.summary_cards(s)}
     assert cards["vs torch FP32, b32"].value == "pending"
     history = tables.runs_table([{**s, "run": 1}])
@@ -365,7 +367,7 @@ def test_runs_table_has_a_row_per_run(evaluated, timed):
 @pytest.mark.slow
 def test_per_class_flipped_and_skipped_tables(evaluated):
     report = report_dict(evaluated)
-    per_class = tables.per_class_table(report["per_class"])
+    per_class = tables.per_class_table(report["per_class_drops"])
     _frame_matches(per_class)
     assert [r[0] for r in per_class.rows] == list(evaluated.class_names)
     assert per_class.to_frame()["images"].sum() == evaluated.n_eval
@@ -402,18 +404,19 @@ def test_sensitivity_and_mixed_precision_tables(evaluated, sensitivity):
     assert table.to_frame()["rank"].tolist() == list(range(1, len(sensitivity) + 1))
     first = min(sensitivity, key=lambda r: r["rank"])
     assert table.rows[0][1] == first["layer"]
-    assert table.rows[0][5] == f"{first['gain_points'] + 0.0:+.2f}"
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+    assert row["gain (points)"] == f"{first['gain_points'] + 0.0:+.2f}"
     assert "(29 images)" in table.title
     mixed = analysis.greedy_mixed_precision(evaluated, 100.0, max_images=29, ranking=sensitivity)
     mtable = tables.mixed_precision_table(mixed)
     _frame_matches(mtable)
-    assert len(mtable.rows) == len(mixed["steps"])
+    assert len(mtable.rows) == len(mixed.steps)
     assert mtable.notes[0].startswith("Target drop 100.00 points: reached")
 
 
 @pytest.mark.slow
 def test_bit_sweep_table(evaluated):
-    rows = analysis.bit_sweep(evaluated, max_images=29)
+    rows = [r.to_dict() for r in analysis.bit_sweep(evaluated, max_images=29)]
     table = tables.bit_sweep_table(rows)
     _frame_matches(table)
     assert table.to_frame()["bits"].tolist() == sorted((r["bits"] for r in rows), reverse=True)
@@ -424,11 +427,11 @@ def test_bit_sweep_table(evaluated):
 @pytest.mark.slow
 def test_qat_table():
     config = RunConfig(eval_images=29, recipe=QuantRecipe(calib_images=16), latency_runs=30)
-    qat = analysis.qat_vs_ptq(config, 1)
+    qat = experiments.qat_vs_ptq(config, 1)
     table = tables.qat_table(qat)
     _frame_matches(table)
     assert [r[0] for r in table.rows] == ["FP32", "post-training static", "QAT epoch 1"]
-    assert table.rows[1][2] == f"{100 * qat['ptq']['accuracy']:.2f}"
+    assert table.rows[1][2] == f"{100 * qat.ptq.accuracy:.2f}"
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aslquant import analysis
+from aslquant import analysis, experiments
 from aslquant.cli import main
 from aslquant.labels import load_labels
 from aslquant.present import tables
@@ -125,14 +125,16 @@ def test_timed_report_renders_the_same_after_a_json_round_trip(evaluated, sectio
 def test_sweep_report_renders_the_same_after_a_json_round_trip(tmp_path):
     config = RunConfig(eval_images=29, recipe=QuantRecipe(calib_images=16), latency_runs=30)
     grid = {"act_observer": ["minmax"]}
-    rows = analysis.config_sweep(config, grid, latency_runs=30)
+    rows = [r.to_dict() for r in experiments.config_sweep(config, grid, latency_runs=30)]
     report = sweep_report(config, config.cli_command("sweep"), grid, rows)
     texts = sweep_report_texts(report)
     assert texts == sweep_report_texts(round_trip(report))
-    table = md_table_rows(texts["md"], "| config |")
-    assert [r[0] for r in table] == [r["label"] for r in rows]
-    assert table[0][0] == "FP32 (reference)" and len(rows) >= 2
-    assert [r[1] for r in table] == [f"{100 * r['accuracy']:.2f}" for r in rows]
+    table = md_table_rows(texts["md"], "| row | config |")
+    assert [r[0] for r in table] == [str(i + 1) for i in range(len(rows))]
+    assert [r[1] for r in table] == [r["label"] for r in rows]
+    assert table[0][1] == "FP32 (reference)" and len(rows) >= 2
+    assert [r[2] for r in table] == [f"{100 * r['accuracy']:.2f}" for r in rows]
+    assert all(r[-1] == "" for r in table)  # no errors: the note column is blank
     assert 'id="pareto"' in texts["html"] and rows[1]["label"] in texts["html"]
     # The cards name the most accurate measured recipes, never the FP32 reference.
     cards = tables.sweep_cards(rows)
@@ -200,7 +202,7 @@ def test_hostile_names_render_as_text_in_markdown(hostile_run):
     assert "<" not in md  # no HTML of any kind can open
     per_class = md_table_rows(md, "| class |")
     assert [row[0] for row in per_class] == names  # one cell each, read back as written
-    assert all(len(row) == 4 for row in per_class)
+    assert all(len(row) == 6 for row in per_class)
     lines = md.split("\n")
     for name in HOSTILE_NAMES:  # no name starts a heading, list, quote or block of its own
         assert not any(line.startswith(name) for line in lines), name

@@ -193,7 +193,10 @@ def interval(
     if kind not in _INTERVAL_UNITS:
         raise ValueError(f"interval kind must be one of {sorted(_INTERVAL_UNITS)}, got {kind!r}")
     scale, suffix = _INTERVAL_UNITS[kind]
-    if hasattr(value, "estimate"):
+    if isinstance(value, Mapping) and "estimate" in value:  # an Interval from report.json
+        estimate, low, high = value["estimate"], value.get("low"), value.get("high")
+        level = value.get("level") or level
+    elif hasattr(value, "estimate"):
         estimate, low, high = value.estimate, value.low, value.high
         level = getattr(value, "level", level)
     else:

@@ -154,7 +154,8 @@ def _records(
 
 
 def _key(key: str, default: str = "") -> Callable[[Mapping], str]:
-    return lambda r: r.get(key, default)
+    # A key present with None (a row without an error) reads as the default, not "None".
+    return lambda r: default if r.get(key) is None else r[key]
 
 
 def _first(rows: Sequence[Mapping], key: str) -> Any:
@@ -168,6 +169,42 @@ def _shown(what: str, shown: int, total: int) -> str:
 def _pct(value: Any, *, none: str = fmt.NA) -> str:
     """A fraction in a column whose header says (%)."""
     return fmt.percent(value, unit=False, none=none)
+
+
+def _ci(value: Any, n: Any) -> str:
+    """The 95% interval of a fraction measured on ``n`` images (Wilson's score interval, which
+    needs only the count: aslquant.stats), as ``lo–hi`` in a column whose header says (%)."""
+    interval = _wilson(value, n)
+    if interval is None:
+        return fmt.NA
+    return f"{fmt.number(100 * interval.low, 1)}–{fmt.number(100 * interval.high, 1)}"
+
+
+def _wilson(value: Any, n: Any):
+    from aslquant.stats import wilson_interval
+
+    if fmt.missing(value) or not n:
+        return None
+    return wilson_interval(int(round(float(value) * int(n))), int(n))
+
+
+def _interval_cell(interval: Any, kind: str = "percent") -> str:
+    return fmt.interval(interval, kind=kind) if interval else fmt.NA
+
+
+def _overlaps(rows: list[dict], key: str = "accuracy", n_key: str = "n_images") -> dict[int, str]:
+    """For each row (by position), the rows whose accuracy interval overlaps its own: a ranking
+    between them is within the measurement's uncertainty."""
+    intervals = [_wilson(r.get(key), r.get(n_key)) for r in rows]
+    out = {}
+    for i, a in enumerate(intervals):
+        same = [
+            str(j + 1)
+            for j, b in enumerate(intervals)
+            if j != i and a is not None and b is not None and a.overlaps(b)
+        ]
+        out[i] = ", ".join(same)
+    return out
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -187,16 +224,27 @@ def summary_table(summary: Mapping) -> Table:
     different things, so here each cell carries its unit.
     """
     f, q = summary["fp32"], summary["int8"]
+    u = summary.get("uncertainty") or {}
     pending = _latency_none(f, q)
     rows = [
         [
             "top-1 accuracy",
-            fmt.percent(f["accuracy"]),
-            fmt.percent(q["accuracy"]),
-            "drop " + fmt.points(summary["accuracy_drop_points"], unit=True),
+            _interval_cell(u.get("fp32_accuracy")) if u else fmt.percent(f["accuracy"]),
+            _interval_cell(u.get("int8_accuracy")) if u else fmt.percent(q["accuracy"]),
+            "drop "
+            + (
+                _interval_cell(u.get("drop"), "points")
+                if u
+                else fmt.points(summary["accuracy_drop_points"], unit=True)
+            ),
         ],
         ["top-5 accuracy", fmt.percent(f["top5"]), fmt.percent(q["top5"]), ""],
-        ["same top-1 as FP32", "", fmt.percent(summary["agreement"]), ""],
+        [
+            "same top-1 as FP32",
+            "",
+            _interval_cell(u.get("agreement")) if u else fmt.percent(summary["agreement"]),
+            (u.get("mcnemar") or {}).get("verdict", ""),
+        ],
         [
             "size (packed state_dict)",
             fmt.size(f["size_bytes"]),
@@ -285,6 +333,10 @@ _RUN_COLUMNS = (
     _Col("FP32 top-1 (%)", lambda s: _pct(s["fp32"]["accuracy"]), numeric=True),
     _Col("quantized top-1 (%)", lambda s: _pct(s["int8"]["accuracy"]), numeric=True),
     _Col("drop (points)", lambda s: fmt.points(s["accuracy_drop_points"]), numeric=True),
+    _Col(
+        "drop 95% CI (points)",
+        lambda s: _interval_cell((s.get("uncertainty") or {}).get("drop"), "points"),
+    ),
     _Col("agreement (%)", lambda s: _pct(s["agreement"]), numeric=True),
     _Col("quantized size", lambda s: fmt.size(s["int8"]["size_bytes"])),
     _Col("size ratio", lambda s: fmt.number(s["size_ratio"]), numeric=True),
@@ -306,14 +358,22 @@ def runs_table(runs: Iterable[Mapping]) -> Table:
 
 
 def per_class_table(rows: Iterable[Mapping]) -> Table:
-    """Per-class top-1 of both models (report.json ``per_class``)."""
+    """Per-class top-1 of both models and the drop with its interval (report.json
+    ``per_class_drops``); a class is flagged only when its interval excludes zero."""
     cols = (
-        _Col("class", _key("class")),
+        _Col("class", _key("name")),
         _Col("images", lambda r: fmt.count(r["n"]), numeric=True),
-        _Col("FP32 top-1 (%)", lambda r: _pct(r["fp32"]), numeric=True),
-        _Col("quantized top-1 (%)", lambda r: _pct(r["int8"]), numeric=True),
+        _Col("FP32 top-1 (%)", lambda r: _pct(r["fp32_accuracy"]), numeric=True),
+        _Col("quantized top-1 (%)", lambda r: _pct(r["int8_accuracy"]), numeric=True),
+        _Col("drop, 95% CI", lambda r: _interval_cell(r["drop"], "points")),
+        _Col("flag", lambda r: r["direction"] if r.get("flagged") else ""),
     )
-    return _records("Per-class accuracy", cols, rows)
+    return _records(
+        "Per-class accuracy",
+        cols,
+        rows,
+        ["A class is flagged only when its drop's interval excludes zero (Newcombe's interval)."],
+    )
 
 
 def flipped_table(rows: Sequence[Mapping], limit: int = 500) -> Table:
@@ -408,10 +468,11 @@ def layer_error_table(rows: Iterable[Any]) -> Table:
 
 def _variant_columns(first: _Col) -> tuple[_Col, ...]:
     """A recipe variant's columns (sensitivity, mixed precision): what it keeps in FP32, then
-    its accuracy, agreement with FP32 and drop."""
+    its accuracy with its interval, agreement with FP32 and drop."""
     return (
         first,
         _Col("top-1 (%)", lambda r: _pct(r["accuracy"]), numeric=True),
+        _Col("top-1 95% CI (%)", lambda r: _ci(r["accuracy"], r.get("n_images"))),
         _Col("agreement (%)", lambda r: _pct(r["agreement"]), numeric=True),
         _Col("drop (points)", lambda r: fmt.points(r["drop_points"]), numeric=True),
     )
@@ -419,15 +480,23 @@ def _variant_columns(first: _Col) -> tuple[_Col, ...]:
 
 def sensitivity_table(rows: Iterable[Any]) -> Table:
     """One layer kept in FP32 at a time (report.json ``sensitivity``), most helpful first."""
-    sens = sorted(plain_rows(rows), key=lambda r: r.get("rank", 0))
+    # Copies: the overlap column is added to the table's rows, never to the report's.
+    sens = sorted((dict(r) for r in plain_rows(rows)), key=lambda r: r.get("rank", 0))
     n = _first(sens, "n_images")
+    overlaps = _overlaps(sens)
+    for i, row in enumerate(sens):
+        row["within_interval_of"] = overlaps[i]
     cols = (
         _Col("rank", lambda r: fmt.count(r["rank"]), numeric=True),
         *_variant_columns(_Col("layer kept in FP32", _key("layer"))),
         _Col("gain (points)", lambda r: fmt.points(r["gain_points"], signed=True), numeric=True),
+        _Col("not ranked apart from", _key("within_interval_of")),
     )
     return _records(
-        "Sensitivity: one layer kept in FP32" + (f" ({n} images)" if n else ""), cols, sens
+        "Sensitivity: one layer kept in FP32" + (f" ({n} images)" if n else ""),
+        cols,
+        sens,
+        ["Ranks whose top-1 intervals overlap are within the uncertainty: not ranked apart."],
     )
 
 
@@ -446,6 +515,7 @@ def mixed_precision_table(mixed: Any) -> Table:
 _BIT_COLUMNS = (
     _Col("bits", lambda r: fmt.count(r["bits"]), numeric=True),
     _Col("top-1 simulated (%)", lambda r: _pct(r["accuracy"]), numeric=True),
+    _Col("top-1 95% CI (%)", lambda r: _ci(r["accuracy"], r.get("n_images"))),
     _Col("agreement (%)", lambda r: _pct(r.get("agreement")), numeric=True),
     _Col("weight SQNR (dB)", _db_cell("weight_sqnr_db"), numeric=True),
     _Col("output SQNR (dB)", _db_cell("activation_sqnr_db"), numeric=True),
@@ -469,8 +539,11 @@ def bit_sweep_table(rows: Iterable[Any]) -> Table:
 
 
 _SWEEP_COLUMNS = (
+    _Col("row", _key("position")),
     _Col("config", _key("label")),
     _Col("top-1 (%)", lambda r: _pct(r.get("accuracy")), numeric=True),
+    _Col("top-1 95% CI (%)", lambda r: _ci(r.get("accuracy"), r.get("n_eval"))),
+    _Col("not ranked apart from rows", _key("within_interval_of")),
     _Col("agreement (%)", lambda r: _pct(r.get("agreement")), numeric=True),
     _Col("b1 p50 (ms)", lambda r: fmt.ms(r.get("b1_p50")), numeric=True),
     _Col("b32 p50 (ms)", lambda r: fmt.ms(r.get("b32_p50")), numeric=True),
@@ -480,8 +553,19 @@ _SWEEP_COLUMNS = (
 
 
 def config_sweep_table(rows: Iterable[Any]) -> Table:
-    """A configuration sweep (report.json ``sweep``): the FP32 reference first."""
-    return _records("Configuration sweep", _SWEEP_COLUMNS, rows)
+    """A configuration sweep (report.json ``sweep``): the FP32 reference first; each config
+    names the others whose accuracy intervals overlap its own (not ranked apart)."""
+    sweep = [dict(r) for r in plain_rows(rows)]  # copies: the report's rows stay as they are
+    overlaps = _overlaps(sweep, n_key="n_eval")
+    for i, row in enumerate(sweep):
+        row["position"] = str(i + 1)
+        row["within_interval_of"] = overlaps[i]
+    return _records(
+        "Configuration sweep",
+        _SWEEP_COLUMNS,
+        sweep,
+        ["Configs whose top-1 intervals overlap are within the uncertainty: not ranked apart."],
+    )
 
 
 def qat_table(qat: Any) -> Table:
