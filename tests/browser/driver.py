@@ -126,21 +126,39 @@ def assert_clean(page) -> None:
     assert errors_on(page) == []
 
 
+@contextlib.contextmanager
+def showing_the_page_on_failure(page, what: str) -> Iterator[None]:
+    """A wait that times out says what the page showed instead (the CI log has no browser)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        yield
+    except PlaywrightTimeout as err:
+        try:
+            shown = page.locator('[data-testid="stMain"]').inner_text(timeout=5_000)
+        except PlaywrightTimeout:
+            shown = "(the page did not answer)"
+        raise AssertionError(f"{what}: {err.message.splitlines()[0]}; the page showed:\n"
+                             f"{shown[:3000]}") from None  # fmt: skip
+
+
 def charts(page, at_least: int, timeout: int = 120_000) -> int:
     """Wait for ``at_least`` rendered Plotly charts (each has an SVG main layer)."""
-    page.wait_for_function(
-        "n => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-        ".filter(el => el.querySelector('.main-svg')).length >= n",
-        arg=at_least,
-        timeout=timeout,
-    )
+    with showing_the_page_on_failure(page, f"waiting for {at_least} charts"):
+        page.wait_for_function(
+            "n => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+            ".filter(el => el.querySelector('.main-svg')).length >= n",
+            arg=at_least,
+            timeout=timeout,
+        )
     return page.locator(".js-plotly-plot").count()
 
 
 def press(page, name: str, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
     """Click a button by its label and wait for the run it starts."""
-    page.get_by_role("button", name=name, exact=True).first.click()
-    wait_script_done(page, timeout_ms)
+    with showing_the_page_on_failure(page, f"pressing {name!r}"):
+        page.get_by_role("button", name=name, exact=True).first.click()
+        wait_script_done(page, timeout_ms)
 
 
 def quantize(page) -> dict[str, float]:

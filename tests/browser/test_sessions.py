@@ -59,6 +59,9 @@ def test_two_sessions_at_the_same_time_share_one_run(browser, app_url) -> None:
         group = tab.locator('[data-testid="stRadio"]', has_text="reduce_range")
         group.get_by_text("off", exact=True).click()
         wait_script_done(tab)
+        # The rerun that applies the choice has drawn the recipe line (8-bit activations):
+        # only then does Quantize start this recipe and not the cached default one.
+        tab.get_by_text("histogram activations (8-bit)").first.wait_for()
     # Playwright's sync API is bound to its thread: click both in quick succession, then wait
     # for both (the server runs the two sessions' scripts concurrently).
     for tab in tabs:
