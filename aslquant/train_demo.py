@@ -1,9 +1,19 @@
-"""Train the demo checkpoint ``sample_data/model.pth`` on freshly rendered synthetic images.
+"""Train the demo checkpoints (``sample_data/model.pth``, ``sample_data/fragile/model.pth``)
+on freshly rendered synthetic images.
 
 The training images come from :mod:`aslquant.synth` with a seed different from the shipped
 sample's (2026), so the shipped sample is a held-out test set the model never saw. The
-preprocessing is the engine default: Pillow JPEG decode, RGB, 224x224, ``float32 / 255``, no
-mean/std. Training images go through the same JPEG file encoding as the shipped ones.
+preprocessing is Pillow JPEG decode, RGB, 224x224, ``float32 / 255``, then either nothing
+(the engine default, the robust demo) or ImageNet mean/std (``--normalize imagenet``, the
+fragile demo). Training images go through the same JPEG file encoding as the shipped ones.
+
+Two ways to train, one per demo:
+
+* default: BatchNorm after every layer while training, folded into the weights afterwards.
+  That model is robust to INT8 (the default recipe loses about 0.1-0.2 points).
+* ``--plain``: the seed CustomCNN as it is, no BatchNorm, the way most users train it. With
+  ImageNet normalization, plain cross-entropy and no weight decay this makes the fragile demo,
+  whose default INT8 recipe visibly hurts (sample_data/README.md has the command and figures).
 
 Most epochs run at a lower resolution (progressive resizing: much faster on a CPU, and the
 network ends in adaptive average pooling so the same weights apply at any size); the last
@@ -29,11 +39,17 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from aslquant import synth
+from aslquant.data import IMAGENET_MEAN, IMAGENET_STD
 from aslquant.errors import InputError
 from aslquant.model import CustomCNN
 from aslquant.synth import CLASS_NAMES, render_bytes
 
 INPUT_SIZE = 224
+#: Input normalization after /255, by name; "imagenet" is what most users normalize with.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
 # The cache key includes the renderer's source, so editing synth.py never reuses stale images.
 _RENDERER_ID = hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:12]
 
@@ -101,20 +117,37 @@ def load_folder(root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(labels)
 
 
+def _normalize(x: torch.Tensor, normalize: str) -> torch.Tensor:
+    """``x`` (0..1, NCHW RGB) normalized in place as ``normalize`` names (see NORMALIZATIONS)."""
+    stats = NORMALIZATIONS[normalize]
+    if stats is None:
+        return x
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in stats)
+    return x.sub_(mean).div_(std)
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Top-1 class indices for uint8 NCHW images (engine preprocessing: /255, no mean/std)."""
+def predict(
+    model: torch.nn.Module, images: torch.Tensor, batch: int = 64, normalize: str = "none"
+) -> torch.Tensor:
+    """Top-1 class indices for uint8 NCHW images (/255, then ``normalize``)."""
     model.eval()
     out = []
     for start in range(0, len(images), batch):
-        x = images[start : start + batch].float().div_(255)
+        x = _normalize(images[start : start + batch].float().div_(255), normalize)
         out.append(model(x).argmax(1))
     return torch.cat(out)
 
 
-def _batch(images: torch.Tensor, idx: torch.Tensor, res: int, gen: torch.Generator) -> torch.Tensor:
+def _batch(
+    images: torch.Tensor,
+    idx: torch.Tensor,
+    res: int,
+    gen: torch.Generator,
+    normalize: str = "none",
+) -> torch.Tensor:
     """A training batch at ``res``, with one random crop (88-100 % of the side) per batch."""
-    x = images[idx].float().div_(255)
+    x = _normalize(images[idx].float().div_(255), normalize)
     side = int(INPUT_SIZE * (0.88 + 0.12 * float(torch.rand(1, generator=gen))))
     oy, ox = (int(v) for v in torch.randint(0, INPUT_SIZE - side + 1, (2,), generator=gen))
     x = x[:, :, oy : oy + side, ox : ox + side]
@@ -171,16 +204,28 @@ def train(
     batch_size: int,
     lr: float,
     cache: Path | None,
+    plain: bool = False,
+    normalize: str = "none",
+    weight_decay: float = 1e-4,
+    label_smoothing: float = 0.05,
 ) -> tuple[CustomCNN, dict]:
-    """Train a CustomCNN(29) from scratch; returns the model and timing figures."""
+    """Train a CustomCNN(29) from scratch; returns the model and timing figures.
+
+    ``plain``: train the seed CustomCNN itself (no BatchNorm to fold); otherwise train
+    ``_TrainNet`` and fold its BatchNorms. ``normalize``: a key of NORMALIZATIONS, applied to
+    every training batch (the checkpoint then expects the same preprocessing).
+    """
+    if normalize not in NORMALIZATIONS:
+        raise InputError(f"--normalize {normalize!r}: not one of {', '.join(NORMALIZATIONS)}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     images, labels = _training_set(seed, per_class, cache, workers=torch.get_num_threads())
     t_data = time.perf_counter() - t0
     torch.manual_seed(seed)
-    model = _TrainNet(len(CLASS_NAMES)).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    net = CustomCNN(len(CLASS_NAMES)) if plain else _TrainNet(len(CLASS_NAMES))
+    model = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -201,9 +246,9 @@ def train(
         loss_sum, correct, seen = 0.0, 0, 0
         for step in range(steps_per_epoch):
             idx = order[step * batch_size : (step + 1) * batch_size]
-            x, y = _batch(images, idx, res, gen), labels[idx]
+            x, y = _batch(images, idx, res, gen, normalize), labels[idx]
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=0.05)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -222,17 +267,24 @@ def train(
             f"train top-1 {correct / seen:.3f} ({time.perf_counter() - t1:.0f} s)",
             flush=True,
         )
-    folded = model.to(memory_format=torch.contiguous_format).folded()
+    model = model.to(memory_format=torch.contiguous_format)
+    if plain:
+        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        trained = CustomCNN(len(CLASS_NAMES))
+        trained.load_state_dict(state)
+    else:
+        trained = model.folded()
     figures = {
         "data_seconds": t_data,
         "train_seconds": time.perf_counter() - t1,
         "train_images": len(images),
     }
-    return folded, figures
+    return trained.eval(), figures
 
 
 def train_demo_main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m aslquant train-demo [--seed S] [--epochs E] [--per-class N] [--out P]``."""
+    """CLI: ``python -m aslquant train-demo [--seed S] [--epochs E] [--per-class N] [--out P]``
+    (``--plain --normalize imagenet`` for the fragile demo)."""
     p = argparse.ArgumentParser(
         prog="aslquant train-demo",
         description="Train the demo CustomCNN on synthetic images (never on the shipped sample).",
@@ -244,6 +296,19 @@ def train_demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--low-res", type=int, default=128, help="side for the early epochs")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--label-smoothing", type=float, default=0.05)
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="train the seed CustomCNN as is (no BatchNorm, nothing folded): the fragile demo",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=tuple(NORMALIZATIONS),
+        default="none",
+        help="input normalization after /255 (default none; imagenet: ImageNet mean/std)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", default="sample_data/model.pth", help="where to save the state_dict")
     p.add_argument("--eval", default="sample_data/images", help="held-out folder to score on")
@@ -259,6 +324,10 @@ def train_demo_main(argv: list[str] | None = None) -> int:
                 raise InputError(f"--{opt.replace('_', '-')}: must be at least 1")
         if not 0 <= args.full_res_epochs <= args.epochs:
             raise InputError(f"--full-res-epochs {args.full_res_epochs}: must be 0..--epochs")
+        if args.weight_decay < 0:
+            raise InputError(f"--weight-decay {args.weight_decay}: must not be negative")
+        if not 0 <= args.label_smoothing < 1:
+            raise InputError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
         if args.low_res < 68:
             raise InputError(f"--low-res {args.low_res}: the network needs at least 68 px")
         torch.set_num_threads(args.threads)
@@ -273,6 +342,10 @@ def train_demo_main(argv: list[str] | None = None) -> int:
             args.batch_size,
             args.lr,
             cache,
+            plain=args.plain,
+            normalize=args.normalize,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
         )
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,7 +358,7 @@ def train_demo_main(argv: list[str] | None = None) -> int:
         )
         if args.eval and Path(args.eval).is_dir():
             images, labels = load_folder(args.eval)
-            pred = predict(model, images)
+            pred = predict(model, images, normalize=args.normalize)
             acc = float((pred == labels).float().mean())
             print(f"held-out {args.eval}: FP32 top-1 {acc:.4f} on {len(labels)} images")
             wrong = {}
