@@ -2,6 +2,11 @@
 
 Chromium is the Debian package (`/usr/bin/chromium`, installed by scripts/test.sh); Playwright
 only drives it, nothing is downloaded. The fake camera flags give WebRTC a synthetic stream.
+scripts/test.sh runs them in a pytest process of their own after the unit tests (xdist 3.8's
+``loadgroup`` does not group under pytest 9: it renames node ids through an attribute pytest 9
+no longer reads, so the tests of one module and their shared tab were split over two workers). One
+process runs them all, in file order, against one server: the runs one module computes are
+cached for the next, as for real users, and the browser never races the unit tests for CPU.
 The server serves a class-balanced subset of the demo images (8 per class) so a run takes
 seconds; with ASLQUANT_SCREENSHOTS=1 it serves the whole demo and the tour writes docs/*.png.
 """
@@ -34,14 +39,6 @@ def browser_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for f in sorted(cls.glob("*.jpg"))[:PER_CLASS]:
             shutil.copy(f, dest / cls.name / f.name)
     return dest
-
-
-def pytest_collection_modifyitems(items) -> None:
-    """Every browser test runs in one xdist worker, in file order, against one server: the
-    runs and analyses one module computes are cached for the next (as for real users)."""
-    for item in items:
-        if "browser" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.fixture(scope="session")
