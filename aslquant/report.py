@@ -44,14 +44,14 @@ from aslquant.run import RunResult
 REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html"}
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: typed rows become dicts, NaN/Inf None (JSON has no NaN), numpy scalars Python."""
     if hasattr(value, "to_dict"):
         value = value.to_dict()
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, str):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -62,7 +62,7 @@ def _clean(value: Any) -> Any:
 def run_summary(result: RunResult) -> dict:
     """The headline figures of a run, under their report.json keys (latency ratios None while
     timing is pending). The run history and the summary cards are built from this."""
-    return _clean(
+    return json_safe(
         {
             "run_key": result.key,
             "recipe": result.config.recipe.describe(),
@@ -118,12 +118,12 @@ def report_dict(
         "onnx": sections.pop("onnx", None),
     }
     report.update(sections)
-    return _clean(report)
+    return json_safe(report)
 
 
 def sweep_report(config, command: str, grid: Mapping[str, list], rows: list) -> dict:
     """The report.json content of a configuration sweep."""
-    return _clean(
+    return json_safe(
         {
             "aslquant_version": __version__,
             "config": config.to_dict(),
@@ -345,7 +345,7 @@ def write_sweep_reports(report: Mapping, out: str | Path) -> dict[str, Path]:
 
 def doctor_report(result) -> dict:
     """The report.json content of ``python -m aslquant doctor`` (aslquant.doctor.DoctorReport)."""
-    return _clean(
+    return json_safe(
         {
             "aslquant_version": __version__,
             "config": result.config.to_dict(),

@@ -6,10 +6,10 @@ import dataclasses
 
 import streamlit as st
 
-from aslquant.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from aslquant.data import IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE, Preprocess
 from aslquant.errors import InputError
 from aslquant.labels import load_labels
-from aslquant.model import load_checkpoint
+from aslquant.model import MIN_INPUT_SIZE, load_checkpoint
 from aslquant.present import format as fmt
 from aslquant.present import tables
 from aslquant.present.markup import md_code_span, md_text
@@ -120,7 +120,9 @@ with widgets.guard("the Model page"):
         ):
             if key not in st.session_state:
                 st.session_state[key] = value
-        size = st.number_input("Input size (px, square)", 68, 1024, step=4, key="pp_size")
+        size = st.number_input(
+            "Input size (px, square)", MIN_INPUT_SIZE, MAX_INPUT_SIZE, step=4, key="pp_size"
+        )
         crop = st.checkbox(
             "Resize shorter side, then center-crop", key="pp_crop", help="Off: resize to a square."
         )

@@ -8,7 +8,7 @@ from aslquant.parity import runtime_gate
 from aslquant.present import figures, tables
 from aslquant.present import format as fmt
 from aslquant.present.markup import md_text
-from aslquant.report import _clean, report_dict, run_report_texts
+from aslquant.report import json_safe, report_dict, run_report_texts
 from aslquant.robustness import robust_gap_gate
 from aslquant.ui import cache, widgets
 
@@ -142,7 +142,7 @@ with widgets.guard("the Ship check page"):
                 sections.pop("study")
             else:
                 sections["calibration_study"] = sections.pop("study")
-            report = report_dict(result, _clean(sections))
+            report = report_dict(result, json_safe(sections))
             texts = run_report_texts(report)
             d = st.columns(3)
             d[0].download_button("⬇ report.json", texts["json"], "report.json", "application/json",

@@ -3,6 +3,9 @@ CLI flags and the reproduce command come from the same declarations."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from aslquant import methods
@@ -116,3 +119,25 @@ def test_cli_options_are_bounded(argv, message):
     with pytest.raises(InputError, match=message):
         args = parser.parse_args(["report", *argv, "--out", "x"])
         config_from_args(args)
+
+
+def test_demo_flag_stands_for_a_shipped_demos_files_and_normalization():
+    from aslquant.demos import demos
+
+    parser = build_parser()
+    for demo in demos().values():
+        config = config_from_args(parser.parse_args(["report", "--demo", demo.name, "--out", "x"]))
+        assert Path(config.checkpoint) == demo.checkpoint and Path(config.data) == demo.data
+        assert (config.preprocess.mean, config.preprocess.std) == (
+            demo.preprocess.mean,
+            demo.preprocess.std,
+        )
+        args = config_to_args(config)
+        again = config_from_args(parser.parse_args(["report", *args, "--out", "x"]))
+        assert again == replace(config, recipe=config.recipe.resolved())
+    # The same checkpoint with other normalization is not that demo: its flags are spelled out.
+    fragile = demos()["fragile"]
+    plain = RunConfig(checkpoint=str(fragile.checkpoint), recipe=QuantRecipe().resolved())
+    args = config_to_args(plain)
+    assert "--demo" not in args and str(fragile.checkpoint) in args
+    assert config_from_args(parser.parse_args(["report", *args, "--out", "x"])) == plain

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from aslquant.cli import EXIT_OK, ProgressBar
-from aslquant.cli.options import add_run_options, config_from_args, points, whole_number
+from aslquant.cli import EXIT_GATE, EXIT_OK, ProgressBar
+from aslquant.cli.options import (
+    add_run_options,
+    config_from_args,
+    finite_number,
+    points,
+    whole_number,
+)
 
 
 def add_parser(sub) -> None:
@@ -21,9 +27,9 @@ def add_parser(sub) -> None:
     g = doc.add_argument_group("doctor")
     g.add_argument("--target-drop", type=points, metavar="POINTS",
                    help="search remedies until the drop is at most POINTS (selection images), "
-                        "then prove it on held-out images")  # fmt: skip
-    g.add_argument("--max-size-mb", type=float, metavar="MB",
-                   help="the prescribed model must also be at most this big")  # fmt: skip
+                        "then prove it on held-out images; exit 3 when no recipe reaches it")  # fmt: skip
+    g.add_argument("--max-size-mb", type=finite_number(0.001, 10_000.0), metavar="MB",
+                   help="the prescribed model must also be at most this big (0.001..10000)")  # fmt: skip
     g.add_argument("--seeds", type=whole_number(3, 20), default=3,
                    help="calibration draws per figure the doctor ranks (3..20, default 3)")  # fmt: skip
     doc.add_argument("--out", required=True, help="output folder")
@@ -59,4 +65,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {p['note']}")
         print(f"  replay: {p['command']}")
     print("wrote " + ", ".join(str(f) for f in files.values()))
-    return EXIT_OK
+    # A budget is a gate: a script asking for one learns from the exit code that it was missed.
+    return EXIT_GATE if p and not p["reached"] else EXIT_OK

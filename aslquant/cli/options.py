@@ -13,6 +13,7 @@ import argparse
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aslquant.recipe import FIELDS, Choice, Flag, Interval, LayerSet, OptionalFlag, QuantRecipe
@@ -142,8 +143,9 @@ _INPUTS = (
     _Path("--checkpoint", "checkpoint", "state_dict .pth of the CustomCNN"),
     _Path("--labels", "labels", "lb.pkl (joblib LabelBinarizer), labels.txt or JSON list"),
     _Path("--data", "data", "evaluation images: class folders, Kaggle layout, flat or .zip"),
-    _Path("--calib-data", "calib_data",
-          "calibration images (default: images of --data not evaluated)"),  # fmt: skip
+    _Path(
+        "--calib-data", "calib_data", "calibration images (default: images of --data not evaluated)"
+    ),  # fmt: skip
     _Path("--train-data", "train_data", "labelled training images for --method qat"),
 )
 
@@ -151,10 +153,15 @@ _INPUTS = (
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every subcommand that loads a model and data."""
     from aslquant.data import MAX_INPUT_SIZE
+    from aslquant.demos import DEFAULT_DEMO, demos
     from aslquant.model import MIN_INPUT_SIZE
     from aslquant.run import EVAL_IMAGES, LATENCY_RUNS, MAX_THREADS, SEEDS
 
     g = p.add_argument_group("inputs (default: the demo in sample_data/)")
+    g.add_argument("--demo", choices=list(demos()), default=None,
+                   help=f"a shipped demo's checkpoint, labels, images and preprocessing (default "
+                        f"{DEFAULT_DEMO}); --checkpoint/--labels/--data and --mean/--std/"
+                        "--imagenet override its parts")  # fmt: skip
     for option in _INPUTS:
         g.add_argument(option.flag, help=option.help)
     g.add_argument("--eval-images", type=whole_number(1, int(EVAL_IMAGES.high)),
@@ -187,12 +194,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The frozen RunConfig an argparse namespace describes."""
     from aslquant.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+    from aslquant.demos import demos
     from aslquant.engine_lock import default_threads
     from aslquant.run import RunConfig
 
+    demo = demos()[args.demo] if getattr(args, "demo", None) else None
     mean, std = args.mean, args.std
     if args.imagenet:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if demo is not None and mean is None and std is None:
+        mean, std = demo.preprocess.mean, demo.preprocess.std
     preprocess = Preprocess(
         input_size=args.input_size,
         crop=args.center_crop,
@@ -202,8 +213,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         bgr=args.bgr,
     )
     defaults = RunConfig()
+    demo_paths = {
+        "checkpoint": str(demo.checkpoint) if demo else None,
+        "labels": str(demo.labels) if demo else None,
+        "data": str(demo.data) if demo else None,
+    }
     paths = {
-        o.field: getattr(args, o.field) or getattr(defaults, o.field) for o in _INPUTS
+        o.field: getattr(args, o.field) or demo_paths.get(o.field) or getattr(defaults, o.field)
+        for o in _INPUTS
     }
     return RunConfig(
         **paths,
@@ -223,9 +240,15 @@ def config_to_args(config: RunConfig) -> list[str]:
 
     defaults = RunConfig()
     args: list[str] = []
+    demo = _demo_of(config)
+    if demo is not None and demo.checkpoint != Path(defaults.checkpoint):
+        args += ["--demo", demo.name]  # the short, portable form of its files and preprocessing
     for option in _INPUTS:
         value = getattr(config, option.field)
-        if value and value != getattr(defaults, option.field):
+        default = getattr(defaults, option.field)
+        if demo is not None and option.field in ("checkpoint", "labels", "data"):
+            default = str(getattr(demo, option.field))
+        if value and value != default:
             args += [option.flag, value]
     args += _recipe_args(config.recipe)
     if config.eval_images is not None:
@@ -234,7 +257,7 @@ def config_to_args(config: RunConfig) -> list[str]:
     args += ["--input-size", str(pp.input_size), "--scale", str(pp.scale)]
     if pp.crop:
         args.append("--center-crop")
-    if pp.mean is not None:
+    if pp.mean is not None and demo is None:
         args += ["--mean", *map(str, pp.mean), "--std", *map(str, pp.std)]
     if pp.bgr:
         args.append("--bgr")
@@ -244,6 +267,21 @@ def config_to_args(config: RunConfig) -> list[str]:
     if config.latency_runs != defaults.latency_runs:
         args += ["--latency-runs", str(config.latency_runs)]
     return args
+
+
+def _demo_of(config: RunConfig):
+    """The shipped demo whose checkpoint and normalization ``config`` uses, if any (then
+    ``--demo NAME`` stands for them)."""
+    from aslquant.demos import demos
+
+    pp = config.preprocess
+    for demo in demos().values():
+        if Path(config.checkpoint).resolve() == demo.checkpoint.resolve() and (pp.mean, pp.std) == (
+            demo.preprocess.mean,
+            demo.preprocess.std,
+        ):
+            return demo
+    return None
 
 
 def grid_flag(name: str) -> str:

@@ -31,9 +31,9 @@ def add_parser(sub) -> None:
                    help="find the fewest FP32 layers that bring the drop to POINTS or less")  # fmt: skip
     g.add_argument("--qat-vs-ptq", type=whole_number(1, 50), metavar="EPOCHS",
                    help="also run QAT for EPOCHS and compare per-epoch accuracy with PTQ")  # fmt: skip
-    g.add_argument("--layer-images", type=whole_number(1), default=analysis.LAYER_IMAGES,
+    g.add_argument("--layer-images", type=whole_number(1, 4096), default=analysis.LAYER_IMAGES,
                    help=f"evaluation images for per-layer SQNR (default {analysis.LAYER_IMAGES})")  # fmt: skip
-    g.add_argument("--analysis-images", type=whole_number(1), default=analysis.VARIANT_IMAGES,
+    g.add_argument("--analysis-images", type=whole_number(1, 4096), default=analysis.VARIANT_IMAGES,
                    help="evaluation images for sensitivity / bit sweep / mixed precision "
                         f"(default {analysis.VARIANT_IMAGES})")  # fmt: skip
     g.add_argument("--parity", action="store_true",
