@@ -1,7 +1,7 @@
 """Size, latency and accuracy of a float model and its quantized twin, measured honestly.
 
-Latency: warm-up, fixed thread count, at least 30 timed calls through
-``torch.utils.benchmark.Timer``, median and p95. Accuracy: both models see the very same
+Latency: warm-up, fixed thread count, at least 30 calls each timed on its own with
+``perf_counter``, median and p95, judged for reliability (``machine.judge_latency``). Accuracy: both models see the very same
 preprocessed batches in one streaming pass, so their predictions can be compared image by image.
 """
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/memory.py [--frames 200] [--runs 10] [--eval-images 116]
 
 Does what one long dashboard session does, through the same code: `execute()` for each run
-kept in a history bounded like the app's (`aslquant.ui.state.MAX_RUNS`), and the webcam page's
+kept in a history bounded like the app's (`aslquant.ui.session.MAX_RUNS`), and the webcam page's
 `LiveProcessor` for every frame. Prints resident memory (RSS) after a warm-up and after the
 work, and exits 1 if the growth reaches the 50 MB budget.
 """
@@ -23,7 +23,7 @@ from aslquant.predict import ModelPair
 from aslquant.run import DEMO_DATA, RunConfig, execute
 
 BUDGET_MB = 50.0
-MAX_RUNS = 10  # the dashboard's run history bound (aslquant.ui.state.MAX_RUNS)
+MAX_RUNS = 10  # the dashboard's run history bound (aslquant.ui.session.MAX_RUNS)
 
 # Ten different recipes, so no run is a cache hit of another.
 RECIPES = [

@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=30, help="timed calls per scenario")
     parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads")
     args = parser.parse_args(argv)
+    from aslquant import runtime
+
+    runtime.configure()
 
     demo = default_demo()
     model = load_checkpoint(demo.checkpoint).eval()

@@ -11,7 +11,10 @@ from aslquant.cli.options import add_run_options, config_from_args
 
 
 def add_parser(sub) -> None:
-    ex = sub.add_parser("export", help="write quantized.pt, quantized.ptl, fp32.onnx and int8.onnx")
+    ex = sub.add_parser(
+        "export",
+        help="write quantized.packed.pt, quantized.pt, quantized.ptl, fp32.onnx and int8.onnx",
+    )
     add_run_options(ex)
     ex.add_argument("--out", required=True, help="output folder")
     ex.set_defaults(func=run)
