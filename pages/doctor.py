@@ -108,8 +108,9 @@ with widgets.guard("the Doctor page"):
                 )
                 if not p["claim_holds"]:
                     st.warning(
-                        "The seed spread after the remedy is wider than the gap it closes: the "
-                        "improvement may be calibration luck."
+                        "On the held-out images the prescribed recipe did not lower the drop by "
+                        "more than its calibration-seed spread: the improvement seen on the "
+                        "selection images may be luck."
                     )
                 widgets.plot(doctor_figures.prescription_figure(p), key="doc_presc")
                 st.dataframe(

@@ -9,7 +9,7 @@ import logging
 import plotly.graph_objects as go
 import streamlit as st
 
-from aslquant import live
+from aslquant import live, own_images
 from aslquant.data import open_image
 from aslquant.predict import (
     GUESS_BELOW,
@@ -20,6 +20,8 @@ from aslquant.predict import (
     predict_pair,
     provenance,
 )
+from aslquant.present import format as fmt
+from aslquant.present.markup import md_text
 from aslquant.ui import session, widgets
 
 st.title("Predict")
@@ -264,14 +266,108 @@ def _live_tab(pair: ModelPair) -> None:
     st.caption(_CONFIDENCE_NOTE)
 
 
+def _own_conditions_tab(entry) -> None:
+    """Labelled snapshots in the user's own light and background become a test set."""
+    result = entry.result
+    names = list(result.class_names)
+    root = session.session_dir() / "own_images"
+    st.caption(
+        "Test images are rarely taken where the model will run. Pick the letter you will sign, "
+        "take a snapshot, and press **Add** (or Enter); repeat in your own light and background. "
+        "The snapshots become a test set: download it as a zip (one folder per class, the "
+        "layout every loader here reads) or check FP32 against the quantized model on it."
+    )
+    c = st.columns([1, 3])
+    label = c[0].selectbox("Letter in the snapshot", names, key="own_label")
+    shot = c[1].camera_input("Snapshot to label", key="own_camera")
+    added = st.session_state.setdefault("aslquant_own_added", set())
+    if shot is not None:
+        digest = hashlib.sha256(shot.getvalue()).hexdigest()
+        already = digest in added
+        if st.button(
+            f"Add as {label}" if not already else "Added: take another snapshot",
+            key="own_add",
+            type="primary",
+            disabled=already,
+            shortcut="Enter",
+        ):
+            with widgets.guard("adding the snapshot"):
+                own_images.add_snapshot(root, names, label, shot.getvalue())
+                added.add(digest)
+                st.rerun()
+    counts = own_images.snapshot_counts(root, names)
+    if not counts:
+        st.info("No snapshots yet.")
+        return
+    total = sum(counts.values())
+    st.markdown(
+        f"**{total} snapshots** in {len(counts)} classes: "
+        + ", ".join(f"{md_text(k)} {v}" for k, v in counts.items())
+    )
+    c = st.columns(3)
+    c[0].download_button(
+        "Download as a zip (ImageFolder)",
+        own_images.image_folder_zip(root),
+        file_name="my_asl_images.zip",
+        mime="application/zip",
+        key="own_zip",
+    )
+    check = c[1].button("Check FP32 vs quantized on them", key="own_check")
+    if c[2].button("Clear the snapshots", key="own_clear"):
+        for path in own_images.snapshot_paths(root):
+            own_images.remove_snapshot(path, root)
+        added.clear()
+        st.session_state.pop("aslquant_own_check", None)
+        st.rerun()
+    if check:
+        with widgets.guard("checking your snapshots"), st.spinner("Running both models"):
+            st.session_state["aslquant_own_check"] = (
+                entry.key,
+                total,
+                own_images.check_own_images(result, root),
+            )
+    done = st.session_state.get("aslquant_own_check")
+    if done is None or done[0] != entry.key:
+        return
+    _, checked_total, outcome = done
+    if checked_total != total:
+        st.caption(f"Checked on {checked_total} snapshots; check again to include all {total}.")
+    u = outcome.summary
+    c = st.columns(3)
+    c[0].metric("FP32 top-1 on your snapshots", fmt.percent(u.fp32_accuracy.estimate),
+                help=fmt.interval(u.fp32_accuracy), border=True)  # fmt: skip
+    c[1].metric("Quantized top-1", fmt.percent(u.int8_accuracy.estimate),
+                help=fmt.interval(u.int8_accuracy), border=True)  # fmt: skip
+    c[2].metric("Same answer", fmt.percent(u.agreement.estimate),
+                help=fmt.interval(u.agreement), border=True)  # fmt: skip
+    st.markdown(
+        f"Drop on your {outcome.n} snapshots: {fmt.interval(u.drop, kind='points')}; on the "
+        f"run's test images: {fmt.interval(outcome.test_drop, kind='points')}. "
+        f"{md_text(u.mcnemar.verdict)}"
+    )
+    if outcome.n < 30:
+        st.caption(
+            "Fewer than 30 snapshots: the intervals are wide; take more for a verdict you can "
+            "rely on."
+        )
+    if outcome.changed:
+        st.dataframe(
+            [
+                {"snapshot": a, "true": b, "FP32": f, "quantized": q}
+                for a, b, f, q in outcome.changed
+            ],
+            hide_index=True,
+        )
+
+
 with widgets.guard("the Predict page"):
     entry = widgets.require_run()
     if entry is not None:
         entry = widgets.run_picker(st, "Which run's models", key="predict_run")
         pair = _pair(entry)
         st.info(provenance(pair.checkpoint), icon=":material/school:")
-        upload_tab, camera_tab, live_tab = st.tabs(
-            ["Upload an image", "Camera snapshot", "Live webcam"]
+        upload_tab, camera_tab, live_tab, own_tab = st.tabs(
+            ["Upload an image", "Camera snapshot", "Live webcam", "Your own conditions"]
         )
 
         with upload_tab:
@@ -292,3 +388,6 @@ with widgets.guard("the Predict page"):
 
         with live_tab:
             _live_tab(pair)
+
+        with own_tab:
+            _own_conditions_tab(entry)

@@ -5,7 +5,8 @@ calibration seeds. Each plant is built from the demo model by a known change:
 * an outlier channel made by a function-preserving rescale (per-tensor weights collapse);
 * a wide input range (normalization folded into conv1) with 7-bit activations;
 * an outlier image in the calibration set with min/max observers;
-* conv+ReLU left unfused, on a model with a dead channel whose pre-ReLU values are far below 0;
+* conv+ReLU left unfused, on a model with a dead channel whose pre-ReLU values are far below 0
+  (minmax activations, so the unfused output's range spans them);
 * a layer whose observer never saw data.
 """
 
@@ -98,7 +99,8 @@ def plants(tmp_path_factory) -> dict:
         dead.conv2.weight[5].zero_()
         dead.conv2.bias[5] = -300.0
     out["unfused"] = (
-        _config(_save(dead, tmp / "dead.pth"), fuse=False),
+        # minmax activations: the unfused conv's output range then reaches down to -300.
+        _config(_save(dead, tmp / "dead.pth"), fuse=False, act_observer="minmax"),
         None,
         lambda key: key == "setup:fusion",
     )
@@ -164,7 +166,8 @@ def test_the_doctor_ranks_the_planted_cause_first_and_its_remedy_recovers_it(pla
     remedy = top["remedies"][0]
     before = remedy["trial"]["drop_mean"] + remedy["recovery_points"]
     assert before > 2.0, f"the plant must cost accuracy, got {before:.2f} points"
-    assert remedy["recovery_points"] >= RECOVERY * before, (remedy["remedy"], before)
+    # 1e-9: "80%" includes exactly 4 of 5 images won back (float rounding aside).
+    assert remedy["recovery_points"] >= RECOVERY * before - 1e-9, (remedy["remedy"], before)
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ every key (None where it does not apply).
     clip_min, clip_max, sqnr_db, rmse_steps (RMS error / step; pure rounding is 1/sqrt(12)),
     rmse_vs_rounding, clipped_fraction, channels: {range_max, range_median, spread,
     constant_channels}, alone and without: {accuracy, agreement, drop_points}, gain_points,
-    n_images, n_values.
+    restored_points (answers back to FP32's when this point is float), n_images, n_values.
 """
 
 from __future__ import annotations

@@ -514,7 +514,10 @@ class PointDiagnosis:
 
     Scores are top-1 over the same evaluation images against the FP32 model: ``alone`` with
     only this point quantized (its own damage), ``without`` with every other point of the scope
-    quantized and this one float (what keeping it float wins back: ``gain_points``). Tensor
+    quantized and this one float (what keeping it float wins back: ``gain_points`` of top-1,
+    ``restored_points`` of answers the same as FP32's). Answers that change are the more
+    sensitive evidence on a few images: a point can flip answers both ways at no net accuracy
+    cost (``changed_alone_points``), and those flips add up with the other points'. Tensor
     statistics compare the point's FP32 tensor with the same tensor on the point's grid:
     ``rmse_steps`` is the RMS error in quantization steps, 1/sqrt(12) ~ 0.289 for pure rounding
     (``rmse_vs_rounding`` ~ 1); clipping or a coarse grid shows as more. ``channels``: how
@@ -540,13 +543,20 @@ class PointDiagnosis:
     alone: Score
     without: Score
     gain_points: float
+    restored_points: float
     n_images: int
     n_values: int
+
+    @property
+    def changed_alone_points(self) -> float:
+        """Percent of answers that differ from FP32's with only this point quantized."""
+        return 100.0 * (1.0 - self.alone.agreement)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["channels"] = self.channels.to_dict()
         d["alone"] = self.alone.to_dict()
+        d["changed_alone_points"] = self.changed_alone_points
         d["without"] = self.without.to_dict()
         return d
 
@@ -698,6 +708,7 @@ def diagnose_points(
                 alone=alone,
                 without=without,
                 gain_points=without.accuracy * 100.0 - all_score.accuracy * 100.0,
+                restored_points=without.agreement * 100.0 - all_score.agreement * 100.0,
                 n_images=ev.n,
                 n_values=s.count,
             )

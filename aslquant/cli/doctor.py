@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if p:
         print(f"prescription ({'reached' if p['reached'] else 'NOT reached'}): {p['describe']}")
         print(f"  {p['note']}")
+        if not p["claim_holds"]:
+            print("  held-out: the drop did not go down by more than the seed spread (may be luck)")
         print(f"  replay: {p['command']}")
     print("wrote " + ", ".join(str(f) for f in files.values()))
     # A budget is a gate: a script asking for one learns from the exit code that it was missed.
