@@ -11,7 +11,7 @@ import re
 import pytest
 
 from bench.live import go, quantize_default, stream
-from tests.browser.driver import screenshot
+from tests.browser.driver import press, screenshot, wait_script_done
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -43,3 +43,29 @@ def test_live_webcam_processes_frames_and_updates_both_top3(page) -> None:
     assert preview is not None, "the local preview never played"
     assert preview["square"] > 0 and preview["width"] > 0
     screenshot(page, "live")
+
+
+def test_snapshots_in_your_own_conditions_become_a_checked_test_set(page) -> None:
+    """Pick a letter, take a snapshot with the (fake) camera, add it; twice, under two letters.
+    The counts, the zip download and the FP32 vs quantized check follow."""
+    page.get_by_role("tab", name="Your own conditions").click()
+    tab = page.get_by_role("tabpanel", name="Your own conditions")
+    for letter in ("B", "C"):
+        tab.locator('[data-testid="stSelectbox"]').first.click()
+        page.get_by_role("option", name=letter, exact=True).click()
+        wait_script_done(page)
+        tab.get_by_role("button", name="Take Photo").click()
+        wait_script_done(page)
+        # The button's accessible name ends with its keyboard shortcut's label (Enter).
+        tab.get_by_role("button", name=re.compile(f"^Add as {letter}")).click()
+        wait_script_done(page)
+        tab.get_by_role("button", name="Clear photo").click()
+        wait_script_done(page)
+    tab.get_by_text("2 snapshots").wait_for()
+    assert tab.get_by_text(re.compile(r"B 1, C 1")).first.is_visible()
+    assert tab.locator('[data-testid="stDownloadButton"]').count() == 1
+    press(page, "Check FP32 vs quantized on them")
+    _no_error_on(page)
+    cards = tab.locator('[data-testid="stMetric"]').all_inner_texts()
+    assert any("FP32 top-1 on your snapshots" in c for c in cards), cards
+    assert tab.get_by_text(re.compile("Drop on your 2 snapshots")).first.is_visible()
