@@ -177,7 +177,15 @@ def test_predict_page(quantized_app: AppTest) -> None:
     at = quantized_app.switch_page("pages/predict.py").run()
     _no_errors(at)
     assert at.selectbox(key="predict_run").value == _current(at).key
-    assert [t.label for t in at.tabs] == ["Upload an image", "Camera snapshot", "Live webcam"]
+    assert [t.label for t in at.tabs] == [
+        "Upload an image",
+        "Camera snapshot",
+        "Live webcam",
+        "Your own conditions",
+    ]
+    # Before any snapshot the own-conditions tab offers the letters and says it has none.
+    assert at.selectbox(key="own_label").options[:3] == ["A", "B", "C"]
+    assert any(m.value == "No snapshots yet." for m in at.info)
     texts = [m.value for m in at.info]
     assert any("trained on synthetic rendered hands" in t for t in texts), texts
 

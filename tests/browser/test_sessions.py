@@ -8,6 +8,8 @@ called on some layout block created outside the function".
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.browser.driver import (
@@ -73,7 +75,16 @@ def test_two_sessions_at_the_same_time_share_one_run(browser, app_url) -> None:
         wait_script_done(tab)
     for tab in tabs:
         assert errors_on(tab) == []
-    assert _cards(tabs[0]) == _cards(tabs[1])
+    # Which run each tab shows (its summary title and run key), for a failure message.
+    shown = [
+        (
+            tab.get_by_role("heading", name=re.compile("^Summary:")).first.inner_text(),
+            tab.get_by_text(re.compile("Run key")).first.inner_text(),
+        )
+        for tab in tabs
+    ]
+    assert all("(8-bit)" in title for title, _ in shown), shown
+    assert _cards(tabs[0]) == _cards(tabs[1]), shown
     for tab in tabs:
         tab.context.close()
 
