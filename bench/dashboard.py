@@ -144,7 +144,8 @@ def main() -> int:
     print(
         f"Measured {datetime.date.today().isoformat()}: {features.model or 'unknown CPU'}, "
         f"{usable_cores()} cores ({', '.join(features.present()) or 'features unknown'}); "
-        f"load average {load.load_1min} at the start; Chromium and the server on this machine."
+        f"load average {'n/a' if load.load_1min is None else f'{load.load_1min:.2f}'} at the start; "
+        "Chromium and the server on this machine."
     )
     print("\n| dashboard step (real browser, fresh server) | measured | goal |")
     print("|---|---|---|")
