@@ -51,6 +51,14 @@ def _quiet_warnings() -> None:
         "ignore", message=r".*quantized tensor creation functions.*deprecated.*"
     )
     warnings.filterwarnings("ignore", message=r".*Please use quant_min and quant_max.*")
+    # Notices from torch's own internals, about nothing a user can change: TorchScript tracing
+    # an exported copy, and Inductor's oneDNN lowering of a pt2e graph.
+    warnings.filterwarnings(
+        "ignore", message=r".*TorchScript type system doesn't support instance-level annotations.*"
+    )
+    warnings.filterwarnings(
+        "ignore", message=r".*To copy construct from a tensor.*", module=r"torch\._inductor\..*"
+    )
 
 
 def _quiet_loggers() -> None:
