@@ -28,7 +28,7 @@ DEFAULT_GRID: dict[str, list[str]] = {
     "weight_observer": ["minmax", "per-channel"],
 }
 #: Recipe fields a grid may vary besides DEFAULT_GRID's.
-EXTRA_GRID_FIELDS = ("qscheme", "reduce_range")
+EXTRA_GRID_FIELDS = ("qscheme", "reduce_range", "fuse", "equalize", "bias_correction")
 #: The method of the sweep's reference row (the float model itself).
 REFERENCE = "fp32"
 #: The recipe settings every sweep row names.

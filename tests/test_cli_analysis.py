@@ -84,6 +84,25 @@ def test_sweep_subcommand_writes_pareto_data(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_sweep_varies_reduce_range_and_the_techniques(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["--reduce-ranges", "on", "off", "--equalizes", "on", "off"]
+    grid = ["--act-observers", "histogram", "--weight-observers", "per-channel", *args]
+    code = main(["sweep", "--eval-images", "29", "--calib-images", "16", *grid, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    recipes = [r["recipe"] for r in report["sweep"][1:]]
+    assert sorted((r["reduce_range"], r["equalize"]) for r in recipes) == [
+        (False, False),
+        (False, True),
+        (True, False),
+        (True, True),
+    ]
+    assert len({r["label"] for r in report["sweep"]}) == 5  # each row says what it varied
+    assert " ".join(args) in report["command"]
+
+
+@pytest.mark.slow
 def test_export_subcommand_writes_four_files(tmp_path, capsys):
     out = tmp_path / "e"
     code = main(["export", *SMALL, "--out", str(out)])

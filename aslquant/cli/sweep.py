@@ -17,7 +17,17 @@ from aslquant.cli.options import (
 )
 
 #: Recipe fields the grid can vary.
-GRID_FIELDS = ("method", "backend", "act_observer", "weight_observer", "qscheme", "reduce_range")
+GRID_FIELDS = (
+    "method",
+    "backend",
+    "act_observer",
+    "weight_observer",
+    "qscheme",
+    "reduce_range",
+    "fuse",
+    "equalize",
+    "bias_correction",
+)
 
 
 def add_parser(sub) -> None:
