@@ -47,7 +47,7 @@ from torch import nn
 from torch.ao.quantization.observer import ObserverBase
 
 from aslquant.errors import InputError
-from aslquant.model import LAYER_NAMES
+from aslquant.model import LAYER_NAMES, float_layer
 
 __all__ = [
     "BiasCorrectionReport",
@@ -165,19 +165,7 @@ def _batches(calibration: torch.Tensor | Iterable[torch.Tensor], batch_size: int
 
 
 def _layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Conv2d | nn.Linear]:
-    found = {}
-    for name in names:
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            raise InputError(f"layer {name!r}: the model has no such layer") from None
-        if type(layer) not in (nn.Conv2d, nn.Linear):
-            raise InputError(
-                f"layer {name!r}: is {type(layer).__name__}; bias correction needs a float "
-                "nn.Conv2d or nn.Linear (correct before fusing or quantizing)"
-            )
-        found[name] = layer
-    return found
+    return {name: float_layer(model, name, "bias correction", "correct") for name in names}
 
 
 def correct_biases(

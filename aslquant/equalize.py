@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from aslquant.errors import InputError
+from aslquant.model import float_layer
 
 __all__ = [
     "CLE_PAIRS",
@@ -109,15 +110,7 @@ class EqualizationReport:
 
 
 def _layer(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
-    try:
-        layer = model.get_submodule(name)
-    except AttributeError:
-        raise InputError(f"layer {name!r}: the model has no such layer") from None
-    if type(layer) not in (nn.Conv2d, nn.Linear):
-        raise InputError(
-            f"layer {name!r}: is {type(layer).__name__}; equalization needs a float "
-            "nn.Conv2d or nn.Linear (equalize before fusing or quantizing)"
-        )
+    layer = float_layer(model, name, "equalization", "equalize")
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         raise InputError(f"layer {name!r}: grouped convolutions are not supported")
     return layer

@@ -25,6 +25,22 @@ from aslquant.zipdir import read_directory
 #: The layers that hold weights, in forward order. Every per-layer table uses these names.
 LAYER_NAMES: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2")
 
+
+def float_layer(model: nn.Module, name: str, technique: str, when: str) -> nn.Conv2d | nn.Linear:
+    """``model``'s float conv or linear layer ``name``, for a technique that rewrites weights
+    (``technique`` and ``when`` it must run name the refusal otherwise)."""
+    try:
+        layer = model.get_submodule(name)
+    except AttributeError:
+        raise InputError(f"layer {name!r}: the model has no such layer") from None
+    if type(layer) not in (nn.Conv2d, nn.Linear):
+        raise InputError(
+            f"layer {name!r}: is {type(layer).__name__}; {technique} needs a float "
+            f"nn.Conv2d or nn.Linear ({when} before fusing or quantizing)"
+        )
+    return layer
+
+
 #: Parameter shapes the seed architecture implies, with ``None`` for the class count.
 _EXPECTED_SHAPES: dict[str, tuple[int | None, ...]] = {
     "conv1.weight": (16, 3, 5, 5),
