@@ -18,9 +18,18 @@ import torch
 _LOCK = threading.RLock()
 
 
+def usable_cores() -> int:
+    """Logical cores this process may run on: its CPU affinity (taskset, a cgroup's cpuset), not
+    the machine's count, which would oversubscribe a process confined to fewer cores."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def default_threads() -> int:
-    """Threads used for every measurement: all cores, at most 4 (recorded in each report)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Threads used for every measurement: the usable cores, at most 4 (recorded in each
+    report)."""
+    return max(1, min(4, usable_cores()))
 
 
 @contextlib.contextmanager

@@ -65,3 +65,29 @@ def _runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
     from aslquant import runtime
 
     runtime.configure(tmp_path_factory.getbasetemp() / "cache")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each xdist worker its own share of the cores, so that two workers' torch thread
+    pools do not fight over the same cores (2 workers x 2 threads on 2 cores spent a third of
+    the suite's CPU time in the kernel). Runs default to the usable cores (engine_lock)."""
+    import os
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < count:
+        return
+    share = set(cpus[int(worker[2:]) % count :: count])
+    # Every thread already started (the affinity call applies to one thread), then the
+    # process's later threads inherit it from the main thread.
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), share)
+        except OSError:
+            pass
+    import torch
+
+    torch.set_num_threads(len(share))
