@@ -217,7 +217,9 @@ def test_keeping_every_layer_in_fp32_is_the_fp32_model(demo, method, model_kind)
     from aslquant.demos import demos
 
     model, calib, evaluation, fp32_top1, train = demo
-    x = evaluation.x
+    # Equality, not agreement, is asserted: 29 images show any layer left quantized (a quantized
+    # layer changes the logits of every image).
+    x = evaluation.x[::8]
     if model_kind != "demo":
         if model_kind == "fragile":
             model = load_checkpoint(demos()["fragile"].checkpoint, num_labels=model.num_classes)
