@@ -2,11 +2,12 @@
 
 Chromium is the Debian package (`/usr/bin/chromium`, installed by scripts/test.sh); Playwright
 only drives it, nothing is downloaded. The fake camera flags give WebRTC a synthetic stream.
-scripts/test.sh runs them in a pytest process of their own after the unit tests (xdist 3.8's
+scripts/test.sh runs them in a pytest process of their own, not on xdist workers (xdist 3.8's
 ``loadgroup`` does not group under pytest 9: it renames node ids through an attribute pytest 9
 no longer reads, so the tests of one module and their shared tab were split over two workers). One
 process runs them all, in file order, against one server: the runs one module computes are
-cached for the next, as for real users, and the browser never races the unit tests for CPU.
+cached for the next, as for real users. That process runs beside the unit tests, so the waits
+here allow for a busy machine (they wait for states, never for fixed times).
 The server serves a class-balanced subset of the demo images (8 per class) so a run takes
 seconds; with ASLQUANT_SCREENSHOTS=1 it serves the whole demo and the tour writes docs/*.png.
 """
