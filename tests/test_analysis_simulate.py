@@ -3,6 +3,7 @@ and (slow) a whole pt2e run whose Layers rows come from its converted graph."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,6 +12,7 @@ import torch.ao.quantization as tq
 
 from aslquant import analysis, methods
 from aslquant.analysis import fakequant, simulate
+from aslquant.data import Preprocess
 from aslquant.model import LAYER_NAMES
 from aslquant.run import execute
 from tests.test_analysis import demo_config
@@ -91,9 +93,12 @@ def test_one_fake_quantize_takes_any_grid():
 @pytest.mark.slow
 def test_a_whole_pt2e_run_has_layer_rows_and_a_simulator():
     """The Layers page of a pt2e run: rows from QuantizedModel.reference (the compiled model
-    has no layer modules), and a simulator that follows the compiled INT8 model."""
+    has no layer modules), and a simulator that follows the compiled INT8 model. At a 96-pixel
+    input: what is checked is plumbing and the simulator's fidelity, not demo accuracy (measured
+    at 96: agreement 1.0 on the 58 images, weight SQNR 40-46 dB)."""
     method = next(m.name for m in methods.METHODS.values() if not m.has_layer_modules)
-    run = execute(demo_config(eval_images=58, method=method, calib_images=32), timed=False)
+    config = demo_config(eval_images=58, method=method, calib_images=32)
+    run = execute(dataclasses.replace(config, preprocess=Preprocess(input_size=96)), timed=False)
     assert run.quantized.reference is not None
     rows = analysis.layer_errors(run, max_images=16)
     assert all(r.quantized and r.activation_sqnr_db is not None for r in rows)
