@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from aslquant import export
+from aslquant.data import Preprocess
 from aslquant.engine_lock import engine_session
 from aslquant.run import execute
 from tests.test_analysis import demo_config
 
-pytestmark = pytest.mark.slow  # ONNX export and quantize_static take ~20 s together
+pytestmark = pytest.mark.slow  # quantize, export every file and time ONNX Runtime: ~5 s
 
 
 @pytest.fixture(scope="module")
 def run():
-    return execute(demo_config(eval_images=58, calib_images=32))
+    """An untimed run (nothing here reads its torch latency) at 96 px: what is checked is
+    how faithfully each file reproduces its model, which holds at any input size (ONNX INT8
+    vs FP32: SQNR 36 dB at 96 px, 34 dB at 224), at a fifth of the cost."""
+    config = demo_config(eval_images=58, calib_images=32)
+    return execute(dataclasses.replace(config, preprocess=Preprocess(input_size=96)), timed=False)
 
 
 @pytest.fixture(scope="module")

@@ -141,11 +141,20 @@ def test_demo_checkpoint_scores_at_least_90_percent_on_shipped_sample():
     assert acc >= 0.90, acc
 
 
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test, then the previous count again (not left at 2 for the
+    tests after it: under xdist a worker may own a single core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_train_demo_is_reproducible(tmp_path):
+def test_train_demo_is_reproducible(two_threads):
     from aslquant.train_demo import train
 
-    torch.set_num_threads(2)
     kw = dict(
         seed=11,
         per_class=1,
