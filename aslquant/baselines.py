@@ -158,6 +158,13 @@ class BaselineStore:
             self._entries.move_to_end(inputs.fp32_key)
             return entry
 
+    def holds(self, key: str) -> bool:
+        """Whether ``key``'s baseline is kept and either finished or still being worked on (not
+        dropped to make room, nor cancelled before its ONNX Runtime figures were measured)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and (entry.onnx.done() or not entry.cancel.is_set())
+
     def entry(self, key: str) -> _Entry | None:
         with self._lock:
             return self._entries.get(key)
@@ -231,16 +238,18 @@ class BaselineStore:
         return entry.onnx.result()
 
     def adopt(self, baseline: Fp32Baseline, config: RunConfig, inputs: LoadedInputs) -> None:
-        """Keep a timed baseline a run measured itself; measure its ONNX side later."""
+        """Keep a timed baseline a run measured itself; measure its ONNX side later (again, if
+        that work was cancelled or the baseline dropped since)."""
         entry = self._entry(config, inputs)
         with self._lock:
             entry.claimed = True
+            entry.cancel.clear()  # the run's session wants it
             if not entry.predictions.done():
                 entry.predictions.set_result(baseline)
-            fresh = not entry.timed.done()
-            if fresh and baseline.timed:
+            if not entry.timed.done() and baseline.timed:
                 entry.timed.set_result(baseline)
-        if fresh:
+            rest = not entry.timed.done() or (self._onnx and not entry.onnx.done())
+        if rest:
             self._queue_timing(entry)
 
     def _queue_timing(self, entry: _Entry) -> None:

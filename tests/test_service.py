@@ -130,6 +130,26 @@ def test_switching_model_cancels_background_work_nobody_wants():
     assert store.timed(first_inputs.fp32_key) is None  # never measured: nobody wanted it
 
 
+def test_a_dropped_baseline_is_measured_when_asked_again():
+    """The store keeps few baselines: another session's images can take a baseline's place
+    before it is measured. ``holds`` says so, and asking again measures it (the dashboard asks
+    again on its next page run; before, the ONNX Runtime card of that run stayed pending)."""
+    store = BaselineStore(max_entries=1, onnx=False)
+    first, other = _small(), _small(eval_images=64)
+    first_inputs, other_inputs = load_inputs(first), load_inputs(other)
+    with store.foreground():  # hold the worker still while both sessions ask
+        store.prefetch(first, first_inputs, owner="a")
+        assert store.holds(first_inputs.fp32_key)
+        store.prefetch(other, other_inputs, owner="b")
+        assert not store.holds(first_inputs.fp32_key)
+        store.prefetch(first, first_inputs, owner="a")
+        assert store.holds(first_inputs.fp32_key)
+    deadline = time.monotonic() + 120
+    while store.busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.timed(first_inputs.fp32_key) is not None
+
+
 @pytest.mark.slow
 def test_two_sessions_asking_for_the_same_run_share_one_job(monkeypatch):
     from aslquant import service

@@ -83,19 +83,22 @@ def thumbnail(path: str, size: int = 112):
 def prefetch_baseline(src: Source | None = None) -> None:
     """Start measuring the FP32 side of the session's model, images and last recipe.
 
-    Cheap (hashes and a file listing); once per source and recipe in a session. Background
+    Cheap (hashes and a file listing); once per source and recipe in a session, and again if
+    the store has since dropped that baseline or cancelled its work (other sessions' models and
+    image sets take its place): else its ONNX Runtime figures would stay pending. Background
     work for models and images no session uses any more is cancelled.
     """
     src = src or source()
     config = src.config(default_recipe())
-    marker = ("aslquant_prefetched", config)
-    if st.session_state.get("aslquant_prefetched") == marker:
+    asked = st.session_state.get("aslquant_prefetched")
+    if asked is not None and asked[0] == config and STORE.holds(asked[1]):
         return
     try:
-        STORE.prefetch(config, load_inputs(config), owner=session_id())
+        inputs = load_inputs(config)
+        STORE.prefetch(config, inputs, owner=session_id())
     except InputError:
         return  # the pages report bad inputs themselves
-    st.session_state["aslquant_prefetched"] = marker
+    st.session_state["aslquant_prefetched"] = (config, inputs.fp32_key)
 
 
 def start_run(config: RunConfig) -> tuple[str, Job[RunResult]]:
@@ -105,8 +108,20 @@ def start_run(config: RunConfig) -> tuple[str, Job[RunResult]]:
 
 
 def onnx_fp32(result: RunResult) -> dict | None:
-    """ONNX Runtime FP32 figures of the run's model: a dict, {"error": ...}, or None (pending)."""
-    return STORE.onnx_fp32(result.baseline.key) if result.baseline is not None else None
+    """ONNX Runtime FP32 figures of the run's model: a dict, {"error": ...}, or None (pending).
+
+    If the store has dropped the run's baseline or cancelled its ONNX work since the run (other
+    sessions' models and images took its place), it is handed back to be measured: else an
+    older run's card would stay pending.
+    """
+    if result.baseline is None:
+        return None
+    if not STORE.holds(result.baseline.key):
+        try:
+            STORE.adopt(result.baseline, result.config, load_inputs(result.config))
+        except InputError:
+            return None  # its files changed or went away: nothing to measure it on
+    return STORE.onnx_fp32(result.baseline.key)
 
 
 # --- analyses and exports of a run ----------------------------------------------------------------
