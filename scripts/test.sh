@@ -19,7 +19,9 @@ fi
 # run), so the unit tests fill the cores it leaves. Its output is printed after the unit tests'.
 # Exit code 5 (no test selected, e.g. when arguments name only unit tests) is not a failure.
 browser_log="$(mktemp)"
-trap 'rm -f "$browser_log"' EXIT
+browser_pid=""
+# On an early exit (Ctrl-C, a failed step) the browser process is stopped too.
+trap '[ -n "$browser_pid" ] && kill "$browser_pid" 2>/dev/null; rm -f "$browser_log"' EXIT
 .venv/bin/python -m pytest -q -p no:cacheprovider -m browser "$@" >"$browser_log" 2>&1 &
 browser_pid=$!
 status=0
@@ -27,6 +29,7 @@ status=0
 [ "$status" = 5 ] && status=0
 browser=0
 wait "$browser_pid" || browser=$?
+browser_pid=""
 echo "--- browser tests ---"
 cat "$browser_log"
 [ "$browser" = 5 ] && browser=0
