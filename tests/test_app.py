@@ -1,7 +1,8 @@
 """One Streamlit AppTest per dashboard page, plus uploads and a second session.
 
 The app runs in-process against the demo checkpoint and labels and a real subset of the demo
-images (8 per class), so the default quantization takes seconds. The browser tests
+images (6 per class; the Ship check and the doctor scale with them: 6 instead of 8 took the
+page tests from 154 s to 129 s on one core), so the default quantization takes seconds. The browser tests
 (tests/browser/) keep only what needs a browser: real uploads, charts rendering, the webcam.
 """
 
@@ -19,7 +20,7 @@ from aslquant.run import DEMO_DATA, DEMO_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PER_CLASS = 8
+PER_CLASS = 6
 #: Calibration images the tests quantize with (the form's default is 64). Every analysis the
 #: pages start re-calibrates several recipes (the doctor 16 times), and calibration dominates
 #: their cost; 16 images still give each observer a range.
