@@ -2,8 +2,9 @@
 
 The app runs in-process against the demo checkpoint and labels and a real subset of the demo
 images (6 per class; the Ship check and the doctor scale with them: 6 instead of 8 took the
-page tests from 154 s to 129 s on one core), so the default quantization takes seconds. The browser tests
-(tests/browser/) keep only what needs a browser: real uploads, charts rendering, the webcam.
+page tests from 154 s to 129 s on one core), so the default quantization takes seconds. The
+browser tests (tests/browser/) keep only what needs a browser: real uploads, charts rendering,
+the webcam.
 """
 
 from __future__ import annotations
