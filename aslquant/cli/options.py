@@ -185,7 +185,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("measurement")
     m.add_argument("--threads", type=whole_number(1, MAX_THREADS), default=None,
                    help=f"torch threads for timing (1..{MAX_THREADS}, this machine's logical "
-                        "cores; default: all, at most 4)")  # fmt: skip
+                        "cores; default: those this process may use, at most 4)")  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="also print library warnings")
     m.add_argument("--latency-runs", type=whole_number(int(LATENCY_RUNS.low), int(LATENCY_RUNS.high)),
                    default=30, help="timed calls per latency figure (30..1000)")  # fmt: skip
