@@ -55,9 +55,14 @@ def test_a_second_session_quantizes_the_same_recipe(browser, app_url) -> None:
 def test_two_sessions_at_the_same_time_share_one_run(browser, app_url) -> None:
     tabs = [new_tab(browser, app_url) for _ in range(2)]
     for tab in tabs:
+        # A new session opens on the Quantize page; its first script run is left to finish
+        # before the form is touched. Known defect, not root-caused: run alone on a fresh server,
+        # this test failed in 3 of 6 runs on 2026-11-26, once because the "off" click never took
+        # and twice because one session's recipe said "unfused" although nobody touched that
+        # box, so the two sessions ran different recipes. It passed in every whole-suite run.
         tab.get_by_role("heading", name="Quantize", exact=True).wait_for()
+        wait_script_done(tab)
         # A recipe no other test ran: both sessions start it while neither is cached.
-        go(tab, "Quantize")
         group = tab.locator('[data-testid="stRadio"]', has_text="reduce_range")
         group.get_by_text("off", exact=True).click()
         wait_script_done(tab)
