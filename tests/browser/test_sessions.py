@@ -57,9 +57,10 @@ def test_two_sessions_at_the_same_time_share_one_run(browser, app_url) -> None:
     for tab in tabs:
         # A new session opens on the Quantize page; its first script run is left to finish
         # before the form is touched. Known defect, not root-caused: run alone on a fresh server,
-        # this test failed in 3 of 6 runs on 2026-11-26, once because the "off" click never took
-        # and twice because one session's recipe said "unfused" although nobody touched that
-        # box, so the two sessions ran different recipes. It passed in every whole-suite run.
+        # this test failed in 3 of 5 runs on 2026-11-26 (2 of 2 before that wait, 1 of 3 after),
+        # once because the "off" click never took and twice because one session's recipe said
+        # "unfused" although nobody touched that box, so the two sessions ran different recipes.
+        # It passed in every whole-suite run on a fresh clone that day.
         tab.get_by_role("heading", name="Quantize", exact=True).wait_for()
         wait_script_done(tab)
         # A recipe no other test ran: both sessions start it while neither is cached.
