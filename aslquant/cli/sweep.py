@@ -16,18 +16,8 @@ from aslquant.cli.options import (
     grid_to_args,
 )
 
-#: Recipe fields the grid can vary.
-GRID_FIELDS = (
-    "method",
-    "backend",
-    "act_observer",
-    "weight_observer",
-    "qscheme",
-    "reduce_range",
-    "fuse",
-    "equalize",
-    "bias_correction",
-)
+#: Recipe fields the grid can vary: the default grid's, then the ones a grid may add.
+GRID_FIELDS = (*experiments.DEFAULT_GRID, *experiments.EXTRA_GRID_FIELDS)
 
 
 def add_parser(sub) -> None:
