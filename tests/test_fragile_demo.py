@@ -8,7 +8,8 @@ per-channel weights, reduce_range on) loses at least a point, 8-bit activations 
 off) bring that split back within 0.2 points, and the logit ties behind much of the loss.
 
 Cost: one FP32 pass and two INT8 passes over 290 images, untimed (no figure here is a
-latency): about 8 s on one core. The subset is the run's own
+latency): 4.7 s on one core (`taskset -c 0 pytest --durations=3 tests/test_fragile_demo.py`,
+2026-11-26). The subset is the run's own
 class-stratified split (``RunConfig.eval_images``: 10 images of every class, disjoint from the
 64 calibration images) at the CLI's default seed 0. Measured with seeds 0..7 at 145..580 images, seed 0 at 290 keeps
 the full set's picture (all 1,096 images: default 1.28 points lost, reduce_range off -0.46;
