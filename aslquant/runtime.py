@@ -22,11 +22,11 @@ too. What it sets, and why:
 * glibc's allocator keeps large blocks on its heap instead of mapping and unmapping each one.
   By default every tensor over its mmap threshold (a batch of activations is 20-200 MB) gets
   fresh pages from the kernel and gives them back when freed, so each forward pass page-faults
-  its whole working set again: four untimed runs on 232 images spent 5.4 s of CPU in the kernel
-  (2.7 million page faults) beside 11.5 s of user time; with large blocks reused, 0.8 s and
-  9.9 s. The price is resident memory: bench/memory.py measured 458 MB after warm-up instead
-  of 420 MB (the growth over 10 runs stayed 75 MB). ``release_memory()`` still hands freed
-  memory back after each run.
+  its whole working set again: four untimed runs on 168 images spent 5.5 s of CPU in the kernel
+  (2.8 million page faults) beside 11.4 s of user time; with large blocks reused, 0.8 s and
+  10.0 s (bench/allocator.py). The price is resident memory: bench/memory.py measured 458 MB
+  after warm-up instead of 420 MB (the growth over 10 runs stayed 75 MB).
+  ``release_memory()`` still hands freed memory back after each run.
 
 ``release_memory()`` hands memory freed by a run back to the operating system.
 """
